@@ -1,0 +1,122 @@
+// See led_engine.h for why these wrappers exist.
+#include "led_engine.h"
+
+#include "llama.h"
+#include "ggml-backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static bool led_verbose = false;
+
+static void led_log(enum ggml_log_level level, const char * text, void * user_data) {
+    (void) user_data;
+    if (led_verbose || level == GGML_LOG_LEVEL_ERROR) {
+        fputs(text, stderr);
+    }
+}
+
+void led_init(bool verbose) {
+    led_verbose = verbose;
+    llama_log_set(led_log, NULL);
+    ggml_backend_load_all();
+    llama_backend_init();
+}
+
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers) {
+    struct llama_model_params params = llama_model_default_params();
+    params.n_gpu_layers = n_gpu_layers;
+    return llama_model_load_from_file(path, params);
+}
+
+struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
+                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch) {
+    struct llama_context_params params = llama_context_default_params();
+    params.n_ctx           = n_ctx;
+    params.n_batch         = n_batch;
+    params.n_ubatch        = n_batch;
+    params.n_seq_max       = n_seq_max;
+    params.n_outputs_max   = n_seq_max;
+    params.n_threads       = n_threads;
+    params.n_threads_batch = n_threads_batch;
+    params.kv_unified      = true;
+    params.no_perf         = true;
+    return llama_init_from_model(model, params);
+}
+
+struct led_batch {
+    struct llama_batch batch;
+    int32_t n_max;
+};
+
+led_batch * led_batch_new(int32_t n_max) {
+    if (n_max <= 0) {
+        return NULL;
+    }
+    led_batch * b = malloc(sizeof(*b));
+    if (b == NULL) {
+        return NULL;
+    }
+    b->batch = llama_batch_init(n_max, 0, 1);
+    b->n_max = n_max;
+    return b;
+}
+
+void led_batch_free(led_batch * b) {
+    if (b != NULL) {
+        llama_batch_free(b->batch);
+        free(b);
+    }
+}
+
+void led_batch_clear(led_batch * b) {
+    b->batch.n_tokens = 0;
+}
+
+int32_t led_batch_add(led_batch * b, int32_t token, int32_t pos, int32_t seq_id, bool output) {
+    const int32_t i = b->batch.n_tokens;
+    if (i >= b->n_max) {
+        return -1;
+    }
+    b->batch.token[i]     = token;
+    b->batch.pos[i]       = pos;
+    b->batch.n_seq_id[i]  = 1;
+    b->batch.seq_id[i][0] = seq_id;
+    b->batch.logits[i]    = output;
+    b->batch.n_tokens     = i + 1;
+    return i;
+}
+
+int32_t led_batch_size(const led_batch * b) {
+    return b->batch.n_tokens;
+}
+
+int32_t led_decode(struct llama_context * ctx, led_batch * b) {
+    return llama_decode(ctx, b->batch);
+}
+
+struct llama_sampler * led_sampler_standard_new(const struct llama_model * model, float temperature, int32_t top_k, float top_p, float min_p,
+                                                float repeat_penalty, int32_t repeat_last_n, uint32_t seed) {
+    struct llama_sampler_chain_params params = llama_sampler_chain_default_params();
+    params.no_perf = true;
+    struct llama_sampler * chain = llama_sampler_chain_init(params);
+    if (repeat_penalty != 1.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_penalties(llama_vocab_n_tokens(llama_model_get_vocab(model)), repeat_last_n, repeat_penalty, 0.0f, 0.0f));
+    }
+    if (temperature <= 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+        return chain;
+    }
+    if (top_k > 0) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
+    }
+    if (top_p < 1.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_p(top_p, 1));
+    }
+    if (min_p > 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_min_p(min_p, 1));
+    }
+    llama_sampler_chain_add(chain, llama_sampler_init_temp(temperature));
+    llama_sampler_chain_add(chain, llama_sampler_init_dist(seed));
+    return chain;
+}

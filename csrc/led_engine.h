@@ -1,0 +1,51 @@
+// led_engine: the thin C surface that led_local/_native.py binds with cffi.
+//
+// llama.h passes several structs by value (model/context params, llama_batch, sampler-chain params); a
+// binding that restates their layouts breaks silently when llama.cpp changes them. These wrappers keep
+// every struct on the C side, where the compiler checks it against llama.h, so the Python side only ever
+// sees opaque pointers and plain numbers. Functions of llama.h with plain signatures are bound directly.
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct llama_model;
+struct llama_context;
+struct llama_sampler;
+
+// Quiet or chatty llama.cpp/ggml logging (everything, or errors only), and backend loading; call once.
+void led_init(bool verbose);
+
+// NULL when the file cannot be loaded (llama.cpp logs why).
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers);
+
+// A context whose KV cache is unified across n_seq_max sequences, so that parallel samples share the
+// cells of their common prompt (llama_memory_seq_cp adds sequence ids to cells, it copies nothing).
+// n_outputs_max = n_seq_max keeps the latent readout's compute buffer bounded (one sampled row per sequence).
+struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
+                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch);
+
+// A reusable batch of up to n_max tokens, one sequence id each.
+typedef struct led_batch led_batch;
+led_batch * led_batch_new(int32_t n_max);
+void        led_batch_free(led_batch * batch);
+void        led_batch_clear(led_batch * batch);
+// Returns the token's index in the batch (what llama_get_logits_ith takes), or -1 when full.
+int32_t     led_batch_add(led_batch * batch, int32_t token, int32_t pos, int32_t seq_id, bool output);
+int32_t     led_batch_size(const led_batch * batch);
+// llama_decode of the batch: 0 ok, 1 no KV slot, 2 aborted, < 0 error.
+int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
+
+// The ordinary sampler chain of llama.cpp: penalties, top-k, top-p, min-p, temperature, then a seeded draw
+// (greedy when temperature <= 0). A value that disables a stage (top_k <= 0, top_p >= 1, min_p <= 0,
+// repeat_penalty == 1) leaves that stage out.
+struct llama_sampler * led_sampler_standard_new(const struct llama_model * model, float temperature, int32_t top_k, float top_p, float min_p,
+                                                float repeat_penalty, int32_t repeat_last_n, uint32_t seed);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,127 @@
+"""Finds and loads the native libraries and declares the C functions (cffi, ABI mode).
+
+This is the only module that handles native pointers. It binds:
+- csrc/led_engine.h, our flat wrappers over the llama.h calls that pass structs by value;
+- the llama.h functions with plain signatures, and the latent-readout functions our patch adds
+  (csrc/patches/0001-latent-readout.patch).
+
+The libraries live in `led_local/lib/` of the installed package; LED_LOCAL_LIB_DIR overrides that
+(for a build tree, or a GPU build kept elsewhere).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+
+from cffi import FFI
+
+CDEF = """
+typedef int32_t llama_token;
+typedef int32_t llama_pos;
+typedef int32_t llama_seq_id;
+struct llama_model;
+struct llama_context;
+struct llama_vocab;
+struct llama_sampler;
+struct llama_memory_i;
+typedef struct llama_memory_i * llama_memory_t;
+
+/* csrc/led_engine.h */
+void led_init(bool verbose);
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers);
+struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
+                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch);
+typedef struct led_batch led_batch;
+led_batch * led_batch_new(int32_t n_max);
+void        led_batch_free(led_batch * batch);
+void        led_batch_clear(led_batch * batch);
+int32_t     led_batch_add(led_batch * batch, int32_t token, int32_t pos, int32_t seq_id, bool output);
+int32_t     led_batch_size(const led_batch * batch);
+int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
+struct llama_sampler * led_sampler_standard_new(const struct llama_model * model, float temperature, int32_t top_k,
+                                                float top_p, float min_p, float repeat_penalty,
+                                                int32_t repeat_last_n, uint32_t seed);
+
+/* llama.h, plain signatures */
+void llama_model_free(struct llama_model * model);
+void llama_free(struct llama_context * ctx);
+int32_t llama_model_n_layer(const struct llama_model * model);
+int32_t llama_model_n_embd(const struct llama_model * model);
+int32_t llama_model_n_ctx_train(const struct llama_model * model);
+uint64_t llama_model_size(const struct llama_model * model);
+uint64_t llama_model_n_params(const struct llama_model * model);
+int32_t llama_model_desc(const struct llama_model * model, char * buf, size_t buf_size);
+int32_t llama_model_meta_count(const struct llama_model * model);
+int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
+int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
+const char * llama_model_chat_template(const struct llama_model * model, const char * name);
+const struct llama_vocab * llama_model_get_vocab(const struct llama_model * model);
+int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
+llama_token llama_vocab_bos(const struct llama_vocab * vocab);
+llama_token llama_vocab_eos(const struct llama_vocab * vocab);
+bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);
+bool llama_vocab_is_control(const struct llama_vocab * vocab, llama_token token);
+bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);
+const char * llama_vocab_get_text(const struct llama_vocab * vocab, llama_token token);
+int32_t llama_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
+                       llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special);
+int32_t llama_token_to_piece(const struct llama_vocab * vocab, llama_token token, char * buf, int32_t length,
+                             int32_t lstrip, bool special);
+uint32_t llama_n_ctx(const struct llama_context * ctx);
+float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
+llama_memory_t llama_get_memory(const struct llama_context * ctx);
+void llama_memory_clear(llama_memory_t mem, bool data);
+bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
+void llama_memory_seq_cp(llama_memory_t mem, llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1);
+llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
+void llama_sampler_free(struct llama_sampler * smpl);
+
+/* our patch to llama.h */
+int32_t llama_set_latents(struct llama_context * ctx, const int32_t * layers, int32_t n_layers, bool with_logits, bool norm);
+int32_t llama_n_latents(const struct llama_context * ctx);
+float * llama_get_latent_states_ith(struct llama_context * ctx, int32_t i);
+float * llama_get_latent_logits_ith(struct llama_context * ctx, int32_t i);
+"""
+
+ffi = FFI()
+ffi.cdef(CDEF)
+
+_lib = None
+_lock = threading.Lock()
+
+
+def _lib_names() -> tuple[str, ...]:
+    if sys.platform == "darwin":
+        return ("libled_engine.dylib",)
+    if sys.platform == "win32":
+        return ("led_engine.dll",)
+    return ("libled_engine.so",)
+
+
+def lib_dir() -> Path:
+    override = os.environ.get("LED_LOCAL_LIB_DIR")
+    return Path(override) if override else Path(__file__).resolve().parent / "lib"
+
+
+def lib(verbose: bool = False):
+    """The loaded native library (loaded and initialised once per process)."""
+    global _lib
+    with _lock:
+        if _lib is None:
+            directory = lib_dir()
+            for name in _lib_names():
+                candidate = directory / name
+                if candidate.exists():
+                    break
+            else:
+                raise ImportError(
+                    f"led-local's native library is missing from {directory}. Reinstall with "
+                    "`pip install .` from the project root, or point LED_LOCAL_LIB_DIR at a build's lib folder."
+                )
+            # led_engine links libllama/libggml from the same folder (rpath $ORIGIN / @loader_path)
+            _lib = ffi.dlopen(str(candidate))
+            _lib.led_init(verbose)
+        return _lib

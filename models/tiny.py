@@ -1,0 +1,148 @@
+"""Tiny random-weight GGUF models that llama.cpp loads, for tests.
+
+They are written in well under a second with `gguf`, so tests never need a download. Every weight is
+f32 (or the chosen head type), so numpy can recompute what llama.cpp computes.
+
+    python models/tiny.py OUT.gguf [--arch llama|qwen2] [--untied] [--think]
+
+The vocabulary is byte-level BPE (GPT-2 byte-to-unicode mapping): the 256 byte tokens, a few merges,
+and the special tokens of a ChatML template (`<|im_start|>`, `<|im_end|>`), plus `<think>`/`</think>`
+when asked, so chat templates, think-tag handling and detokenization all run on the real code paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import gguf
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+MERGES = ["Ġ t", "h e", "Ġ a", "i n", "Ġt he", "e r", "o n", "Ġ s", "r e", "a t"]
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    arch: str = "llama"          # "llama" or "qwen2"
+    n_layer: int = 4
+    n_embd: int = 64
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+    n_ctx_train: int = 2048
+    tied: bool = True            # head = token_embd (no output.weight tensor)
+    think: bool = False          # vocabulary has <think> and </think>
+    seed: int = 0
+    scale: float = 0.5           # weight scale: large enough that layers disagree, small enough to stay finite
+
+
+def _byte_tokens() -> list[str]:
+    # GPT-2's reversible byte -> printable unicode mapping, as byte-level BPE vocabularies store bytes
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return [mapping[b] for b in range(256)]
+
+
+def vocabulary(think: bool) -> tuple[list[str], list[int]]:
+    tokens = _byte_tokens() + ["".join(m.split()) for m in MERGES]
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<think>", "</think>"] if think else [])
+    tokens += specials
+    types += [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.USER_DEFINED] * (len(specials) - 3)
+    return tokens, [int(t) for t in types]
+
+
+def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
+    path = Path(path)
+    rng = np.random.default_rng(spec.seed)
+    tokens, types = vocabulary(spec.think)
+    n_vocab = len(tokens)
+    head_dim = spec.n_embd // spec.n_head
+
+    def w(*shape: int) -> np.ndarray:
+        # numpy shape (out, in): gguf stores it as ggml's [in, out]
+        return (rng.standard_normal(shape) * spec.scale / np.sqrt(shape[-1])).astype(np.float32)
+
+    def norm_weight() -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(spec.n_embd)).astype(np.float32)
+
+    writer = gguf.GGUFWriter(str(path), spec.arch)
+    writer.add_name(f"tiny-{spec.arch}-{'tied' if spec.tied else 'untied'}")
+    writer.add_context_length(spec.n_ctx_train)
+    writer.add_embedding_length(spec.n_embd)
+    writer.add_block_count(spec.n_layer)
+    writer.add_feed_forward_length(spec.n_ff)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(MERGES)
+    eot = tokens.index("<|im_end|>")
+    writer.add_bos_token_id(tokens.index("<|endoftext|>"))
+    writer.add_eos_token_id(eot)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+    embd = (rng.standard_normal((n_vocab, spec.n_embd))).astype(np.float32)
+    writer.add_tensor("token_embd.weight", embd)
+    writer.add_tensor("output_norm.weight", norm_weight())
+    if not spec.tied:
+        writer.add_tensor("output.weight", w(n_vocab, spec.n_embd))
+    kv = spec.n_head_kv * head_dim
+    for il in range(spec.n_layer):
+        p = f"blk.{il}."
+        writer.add_tensor(p + "attn_norm.weight", norm_weight())
+        writer.add_tensor(p + "attn_q.weight", w(spec.n_embd, spec.n_embd))
+        writer.add_tensor(p + "attn_k.weight", w(kv, spec.n_embd))
+        writer.add_tensor(p + "attn_v.weight", w(kv, spec.n_embd))
+        if spec.arch == "qwen2":
+            writer.add_tensor(p + "attn_q.bias", (0.1 * rng.standard_normal(spec.n_embd)).astype(np.float32))
+            writer.add_tensor(p + "attn_k.bias", (0.1 * rng.standard_normal(kv)).astype(np.float32))
+            writer.add_tensor(p + "attn_v.bias", (0.1 * rng.standard_normal(kv)).astype(np.float32))
+        writer.add_tensor(p + "attn_output.weight", w(spec.n_embd, spec.n_embd))
+        writer.add_tensor(p + "ffn_norm.weight", norm_weight())
+        writer.add_tensor(p + "ffn_gate.weight", w(spec.n_ff, spec.n_embd))
+        writer.add_tensor(p + "ffn_up.weight", w(spec.n_ff, spec.n_embd))
+        writer.add_tensor(p + "ffn_down.weight", w(spec.n_embd, spec.n_ff))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out")
+    ap.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    ap.add_argument("--untied", action="store_true", help="separate output.weight instead of a tied head")
+    ap.add_argument("--think", action="store_true", help="add <think> and </think> tokens")
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    write_tiny_model(a.out, TinySpec(arch=a.arch, tied=not a.untied, think=a.think, n_layer=a.layers, seed=a.seed))
+
+
+if __name__ == "__main__":
+    main()
