@@ -1,0 +1,360 @@
+"""`Llama`: one GGUF model and its llama.cpp context, in the shape llama-cpp-python users know.
+
+This module owns the model/context lifetime, tokenization, batched decoding and the latent readout.
+Generation (the token loop, stop strings, OpenAI-shaped results) lives in `generate.py`, sampler
+settings in `sampling.py`, chat templates in `chat.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import _native
+from ._native import ffi
+
+GGUF_MAGIC = b"GGUF"
+MAX_SEQUENCES = 64
+
+
+class DecodeError(RuntimeError):
+    """llama_decode failed (out of KV cells, aborted, or a backend error)."""
+
+
+@dataclass(frozen=True)
+class LatentReadout:
+    """What the model's last blocks say after the prompt's last token (LED_SPEC.md, "Notation").
+
+    `hidden[j]` is the residual state h_i of block `layers[j]` (raw, as the block wrote it), `logits[j]`
+    the LM head's logits over it, f(W . h) (or f(W . N(h)) when read with `norm=True`), and
+    `final_logits` the ordinary logits z_0. All float32.
+    """
+
+    tokens: list[int]
+    layers: list[int]
+    hidden: np.ndarray        # [len(layers), n_embd]
+    logits: np.ndarray        # [len(layers), n_vocab]
+    final_logits: np.ndarray  # [n_vocab]
+    norm: bool = False
+
+
+def _default_threads() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bound = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_gguf_file(path: Path) -> None:
+    """Clear errors for the mistakes llama.cpp would only log: a missing file, or one that is not GGUF."""
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model file not found: {path} (give the path of a .gguf file, or a registry key such as "
+            "'smollm2-135m'; `led-local models list` shows the keys)"
+        )
+    if not path.is_file():
+        raise ValueError(f"model path is not a file: {path}")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+
+
+class Llama:
+    """A GGUF model with a llama.cpp context.
+
+    The KV cache is unified: its `n_ctx` cells are shared by up to `n_seq_max` parallel sequences, and
+    the n samples of one prompt share the prompt's cells (as llama-server's slots do with `-np`).
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        n_seq_max: int = 8,
+        n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        n_gpu_layers: int = 0,
+        seed: int | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self._model = ffi.NULL
+        self._ctx = ffi.NULL
+        self._batch = ffi.NULL
+        self._lock = threading.RLock()
+
+        path = Path(model_path)
+        self.n_ctx = _check_int("n_ctx", n_ctx, 16)
+        self.n_batch = _check_int("n_batch", n_batch, 1)
+        self.n_seq_max = _check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
+        self.n_threads = _check_int("n_threads", n_threads if n_threads is not None else _default_threads(), 1)
+        self.n_threads_batch = _check_int(
+            "n_threads_batch", n_threads_batch if n_threads_batch is not None else self.n_threads, 1
+        )
+        _check_int("n_gpu_layers", n_gpu_layers, -1)
+        if seed is not None:
+            _check_int("seed", seed, 0, 2**32 - 1)
+        self.seed = seed
+        self.verbose = bool(verbose)
+        check_gguf_file(path)
+        self.model_path = str(path)
+
+        self._lib = _native.lib(verbose=self.verbose)
+        self._model = self._lib.led_model_load(str(path).encode(), n_gpu_layers)
+        if self._model == ffi.NULL:
+            raise ValueError(
+                f"llama.cpp could not load {path}: the file may be truncated or damaged, or its architecture is "
+                "not supported by the pinned llama.cpp (pass verbose=True to see llama.cpp's log)"
+            )
+        self._vocab = self._lib.llama_model_get_vocab(self._model)
+        self._ctx = self._lib.led_context_new(
+            self._model, self.n_ctx, self.n_batch, self.n_seq_max, self.n_threads, self.n_threads_batch
+        )
+        if self._ctx == ffi.NULL:
+            self.close()
+            raise MemoryError(f"llama.cpp could not create a context with n_ctx={self.n_ctx}; try a smaller n_ctx")
+        self._batch = self._lib.led_batch_new(max(self.n_batch, self.n_seq_max))
+        self._latent_setting: tuple = ((), False, False)
+        self.metadata = self._read_metadata()
+
+    # --- lifetime -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Free the native context and model (idempotent)."""
+        lib = getattr(self, "_lib", None)
+        if lib is None:
+            return
+        if self._batch != ffi.NULL:
+            lib.led_batch_free(self._batch)
+            self._batch = ffi.NULL
+        if self._ctx != ffi.NULL:
+            lib.llama_free(self._ctx)
+            self._ctx = ffi.NULL
+        if self._model != ffi.NULL:
+            lib.llama_model_free(self._model)
+            self._model = ffi.NULL
+
+    def __enter__(self) -> "Llama":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _check_open(self) -> None:
+        if self._ctx == ffi.NULL:
+            raise RuntimeError("this Llama has been closed")
+
+    # --- model facts ----------------------------------------------------------------------------------
+
+    def n_vocab(self) -> int:
+        return self._lib.llama_vocab_n_tokens(self._vocab)
+
+    def n_layer(self) -> int:
+        return self._lib.llama_model_n_layer(self._model)
+
+    def n_embd(self) -> int:
+        return self._lib.llama_model_n_embd(self._model)
+
+    def n_ctx_train(self) -> int:
+        return self._lib.llama_model_n_ctx_train(self._model)
+
+    def token_bos(self) -> int:
+        return self._lib.llama_vocab_bos(self._vocab)
+
+    def token_eos(self) -> int:
+        return self._lib.llama_vocab_eos(self._vocab)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+
+    def token_text(self, token: int) -> str:
+        """The vocabulary's own spelling of a token (special tokens included)."""
+        return ffi.string(self._lib.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
+
+    def chat_template(self) -> str | None:
+        raw = self._lib.llama_model_chat_template(self._model, ffi.NULL)
+        return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8")
+
+    def _read_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        buf = ffi.new("char[]", 1 << 16)
+        for i in range(self._lib.llama_model_meta_count(self._model)):
+            if self._lib.llama_model_meta_key_by_index(self._model, i, buf, len(buf)) < 0:
+                continue
+            key = ffi.string(buf).decode("utf-8", "replace")
+            if self._lib.llama_model_meta_val_str_by_index(self._model, i, buf, len(buf)) < 0:
+                continue
+            out[key] = ffi.string(buf).decode("utf-8", "replace")
+        return out
+
+    # --- tokens ---------------------------------------------------------------------------------------
+
+    def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Text to token ids. `special` parses special-token text such as `<|im_start|>`."""
+        self._check_open()
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        cap = len(data) + 8
+        for _ in range(2):
+            out = ffi.new("llama_token[]", cap)
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), out, cap, add_bos, special)
+            if n >= 0:
+                return list(out[0:n])
+            cap = -n
+        raise RuntimeError("tokenization failed")
+
+    def token_to_bytes(self, token: int, special: bool = False) -> bytes:
+        buf = ffi.new("char[]", 64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ffi.new("char[]", -n)
+            n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return ffi.buffer(buf, n)[:]
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """Token ids to bytes (which need not be complete UTF-8 for a partial sequence)."""
+        self._check_open()
+        n_vocab = self.n_vocab()
+        for t in tokens:
+            if not 0 <= int(t) < n_vocab:
+                raise ValueError(f"token id {t} is outside the vocabulary [0, {n_vocab})")
+        return b"".join(self.token_to_bytes(int(t), special) for t in tokens)
+
+    # --- decoding (used by generate.py) ---------------------------------------------------------------
+
+    def _memory(self):
+        return self._lib.llama_get_memory(self._ctx)
+
+    def reset(self) -> None:
+        """Forget every sequence in the KV cache."""
+        self._check_open()
+        self._lib.llama_memory_clear(self._memory(), True)
+
+    def _copy_sequence(self, src: int, dst: int) -> None:
+        self._lib.llama_memory_seq_cp(self._memory(), src, dst, -1, -1)
+
+    def _drop_sequence(self, seq: int) -> None:
+        self._lib.llama_memory_seq_rm(self._memory(), seq, -1, -1)
+
+    def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> list[int]:
+        """Decode (token, pos, seq, wants_output) entries in n_batch chunks.
+
+        Returns, for each entry with wants_output, its output index for the last chunk it was in
+        (valid only for entries of the last chunk, which is where callers put them).
+        """
+        lib = self._lib
+        outputs: list[int] = []
+        for start in range(0, len(entries), self.n_batch):
+            lib.led_batch_clear(self._batch)
+            outputs = []
+            for token, pos, seq, out in entries[start : start + self.n_batch]:
+                idx = lib.led_batch_add(self._batch, token, pos, seq, out)
+                if out:
+                    outputs.append(idx)
+            rc = lib.led_decode(self._ctx, self._batch)
+            if rc != 0:
+                reason = {1: "no free KV cells (the context window is full)", 2: "aborted"}.get(rc, f"error {rc}")
+                raise DecodeError(f"llama_decode failed: {reason}")
+        return outputs
+
+    def _logits(self, index: int) -> np.ndarray:
+        ptr = self._lib.llama_get_logits_ith(self._ctx, index)
+        if ptr == ffi.NULL:
+            raise RuntimeError(f"no logits for output {index}")
+        return np.frombuffer(ffi.buffer(ptr, 4 * self.n_vocab()), dtype=np.float32).copy()
+
+    # --- latent readout -------------------------------------------------------------------------------
+
+    def default_latent_layers(self, d: int = 8) -> list[int]:
+        """The d-1 blocks right below the last, in LED depth order: h_{L-2}, h_{L-3}, ... (LED_SPEC.md)."""
+        n = self.n_layer()
+        _check_int("d", d, 1, n)
+        return [n - 1 - j for j in range(1, d)]
+
+    def _set_latents(self, layers: Sequence[int], with_logits: bool, norm: bool) -> None:
+        setting = (tuple(layers), bool(with_logits), bool(norm))
+        if setting == self._latent_setting:
+            return
+        arr = ffi.new("int32_t[]", list(layers)) if layers else ffi.NULL
+        if self._lib.llama_set_latents(self._ctx, arr, len(layers), with_logits, norm) != 0:
+            raise ValueError(f"invalid latent layers {list(layers)} for a model with {self.n_layer()} blocks")
+        self._latent_setting = setting
+
+    def validate_layers(self, layers: Sequence[int]) -> list[int]:
+        n = self.n_layer()
+        out = []
+        for il in layers:
+            il = _check_int("layer index", il, 0, n - 1)
+            out.append(il)
+        if not out:
+            raise ValueError("layers must name at least one block")
+        return out
+
+    def latents(self, prompt: str | bytes | Sequence[int], layers: Sequence[int] | None = None,
+                norm: bool = False) -> LatentReadout:
+        """Hidden states and head logits of `layers` after the prompt's last token.
+
+        `layers` defaults to the 7 blocks below the last (LED's d = 8). With `norm`, the logits are
+        computed over the final-normed states (`latent_norm`); `hidden` stays raw either way.
+        """
+        with self._lock:
+            self._check_open()
+            tokens = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt)
+            if not tokens:
+                raise ValueError("the prompt is empty")
+            if len(tokens) > self.n_ctx:
+                raise ValueError(f"the prompt has {len(tokens)} tokens, more than n_ctx={self.n_ctx}")
+            layers = self.validate_layers(layers) if layers is not None else self.default_latent_layers()
+            self._set_latents(layers, True, norm)
+            try:
+                self.reset()
+                n = len(tokens)
+                self._decode([(t, i, 0, i == n - 1) for i, t in enumerate(tokens)])
+                n_lat, n_embd, n_vocab = len(layers), self.n_embd(), self.n_vocab()
+                states = self._lib.llama_get_latent_states_ith(self._ctx, -1)
+                logits = self._lib.llama_get_latent_logits_ith(self._ctx, -1)
+                if states == ffi.NULL or logits == ffi.NULL:
+                    raise RuntimeError("this model's graph offers no latent readout (see the log with verbose=True)")
+                hidden = np.frombuffer(ffi.buffer(states, 4 * n_lat * n_embd), np.float32).reshape(n_lat, n_embd).copy()
+                lat = np.frombuffer(ffi.buffer(logits, 4 * n_lat * n_vocab), np.float32).reshape(n_lat, n_vocab).copy()
+                final = self._logits(-1)
+            finally:
+                self._set_latents((), False, False)
+                self.reset()
+            return LatentReadout(tokens=tokens, layers=list(layers), hidden=hidden, logits=lat,
+                                 final_logits=final, norm=norm)
+
+    # --- generation -----------------------------------------------------------------------------------
+
+    def create_completion(self, prompt: str | bytes | Sequence[int], **kwargs: Any) -> dict | Iterator[dict]:
+        """OpenAI-shaped text completion; see `led_local.generate.create_completion` for the parameters."""
+        from .generate import create_completion
+
+        return create_completion(self, prompt, **kwargs)
+
+    def create_chat_completion(self, messages: list[dict], **kwargs: Any) -> dict | Iterator[dict]:
+        """OpenAI-shaped chat completion over the GGUF's chat template."""
+        from .generate import create_chat_completion
+
+        return create_chat_completion(self, messages, **kwargs)
+
+    def __call__(self, prompt: str, **kwargs: Any) -> dict | Iterator[dict]:
+        return self.create_completion(prompt, **kwargs)

