@@ -312,7 +312,8 @@ class Llama:
                 norm: bool = False) -> LatentReadout:
         """Hidden states and head logits of `layers` after the prompt's last token.
 
-        `layers` defaults to the 7 blocks below the last (LED's d = 8). With `norm`, the logits are
+        `layers` defaults to the 7 blocks below the last (LED's d = 8; fewer on a model with fewer blocks).
+        With `norm`, the logits are
         computed over the final-normed states (`latent_norm`); `hidden` stays raw either way.
         """
         with self._lock:
@@ -322,7 +323,8 @@ class Llama:
                 raise ValueError("the prompt is empty")
             if len(tokens) > self.n_ctx:
                 raise ValueError(f"the prompt has {len(tokens)} tokens, more than n_ctx={self.n_ctx}")
-            layers = self.validate_layers(layers) if layers is not None else self.default_latent_layers()
+            layers = (self.validate_layers(layers) if layers is not None
+                      else self.default_latent_layers(min(8, self.n_layer())))
             self._set_latents(layers, True, norm)
             try:
                 self.reset()

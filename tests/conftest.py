@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny GGUF models written per session, the registry's smallest real model, and an
+unpatched upstream llama.cpp build (cached) used as a reference."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "models"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny import TinySpec, write_tiny_model  # noqa: E402  (models/tiny.py)
+
+TINY_SPECS = {
+    "llama-tied": TinySpec(arch="llama", tied=True),
+    "llama-untied": TinySpec(arch="llama", tied=False, seed=1),
+    "qwen2-untied-think": TinySpec(arch="qwen2", tied=False, think=True, seed=2),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_paths(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {name: write_tiny_model(root / f"{name}.gguf", spec) for name, spec in TINY_SPECS.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tiny_paths) -> Path:
+    return tiny_paths["llama-tied"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    from led_local import models
+
+    return models.pull("smollm2-135m", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    """(PYTHONPATH entry, lib dir) of upstream llama-cpp-python on unpatched llama.cpp (built once, cached)."""
+    from upstream_build import ensure_upstream
+
+    return ensure_upstream()

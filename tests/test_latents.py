@@ -1,0 +1,131 @@
+"""The patch's latent readout against independent computations (LED_SPEC.md, "Notation")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import gguf
+
+from led_local import Llama
+from reference import field_value, forward, head_weight, read_tensors, rms_norm
+
+PROMPT = "the cat sat on the mat and then the"
+
+
+def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "qwen2-untied-think"])
+@pytest.mark.parametrize("norm", [False, True])
+def test_latent_logits_equal_head_over_states(tiny_paths, name, norm):
+    path = tiny_paths[name]
+    tensors, reader = read_tensors(path)
+    arch = field_value(reader, "general.architecture")
+    eps = float(field_value(reader, f"{arch}.attention.layer_norm_rms_epsilon"))
+    with Llama(path, n_threads=1) as llm:
+        r = llm.latents(PROMPT, layers=[2, 1, 0], norm=norm)
+    assert r.layers == [2, 1, 0] and r.norm is norm
+    assert r.hidden.shape == (3, 64) and r.logits.shape == (3, tensors["token_embd.weight"].shape[0])
+    h = r.hidden.astype(np.float64)
+    if norm:
+        h = rms_norm(h, tensors["output_norm.weight"], eps)
+    expected = h @ head_weight(tensors).T
+    assert _rel_err(r.logits, expected) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["llama-tied", "qwen2-untied-think"])
+def test_hidden_states_match_numpy_forward(tiny_paths, name):
+    path = tiny_paths[name]
+    with Llama(path, n_threads=1) as llm:
+        tokens = llm.tokenize(PROMPT)
+        r = llm.latents(tokens, layers=[3, 2, 1, 0])
+    states, final = forward(path, tokens)
+    for j, il in enumerate(r.layers):
+        ref = states[il][-1]
+        # llama.cpp keeps K/V in f16, numpy in f64: agreement to ~1e-3 relative; blocks differ by O(1)
+        assert _rel_err(r.hidden[j], ref) < 5e-3, f"block {il}"
+        other = states[il - 1][-1] if il > 0 else states[il + 1][-1]
+        assert _rel_err(other, ref) > 5e-2  # the check can tell neighbouring blocks apart
+    assert _rel_err(r.final_logits, final) < 5e-3
+
+
+def test_normed_last_block_reproduces_final_logits(tiny_paths, smollm2_path):
+    # the final norm and head read off the graph (f(W . N(h_{L-1}))) are exactly the model's own
+    for path in (*tiny_paths.values(), smollm2_path):
+        with Llama(path, n_threads=1) as llm:
+            r = llm.latents(PROMPT, layers=[llm.n_layer() - 1], norm=True)
+        np.testing.assert_array_equal(r.logits[0], r.final_logits)
+
+
+def test_smollm2_quantized_head(smollm2_path):
+    tensors, _ = read_tensors(smollm2_path)
+    reader = gguf.GGUFReader(str(smollm2_path))
+    head = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    assert head.tensor_type == gguf.GGMLQuantizationType.Q8_0  # the tied head, duplicated for output
+    with Llama(smollm2_path, n_threads=1) as llm:
+        r = llm.latents(PROMPT)
+        n = llm.n_layer()
+    assert r.layers == [n - 2 - j for j in range(7)]
+    W = head_weight(tensors)
+    # the CPU kernel multiplies Q8_0 weights by the activation quantized to Q8_0: do the same in numpy
+    hq = gguf.quants.dequantize(gguf.quants.quantize(r.hidden, gguf.GGMLQuantizationType.Q8_0),
+                                gguf.GGMLQuantizationType.Q8_0).reshape(r.hidden.shape)
+    assert _rel_err(r.logits, hq.astype(np.float64) @ W.T) < 1e-4
+    # and f(W . h) in full precision within the activation quantization error
+    assert _rel_err(r.logits, r.hidden.astype(np.float64) @ W.T) < 2e-2
+    # raw residual states of SmolLM2 are large (LED_SPEC.md: |h| about 700)
+    assert np.linalg.norm(r.hidden, axis=1).mean() > 100
+
+
+def test_rows_of_parallel_sequences_are_their_own(tiny_path):
+    """Each sequence in a batch gets the latents of its own row."""
+    prompts = ["the cat", "a dog ran far away", "on the mat"]
+    with Llama(tiny_path, n_threads=1, n_seq_max=4) as llm:
+        alone = [llm.latents(p, layers=[2, 0]) for p in prompts]
+        llm._set_latents([2, 0], True, False)
+        llm.reset()
+        entries = []
+        for seq, p in enumerate(prompts):
+            toks = llm.tokenize(p)
+            entries += [(t, i, seq, i == len(toks) - 1) for i, t in enumerate(toks)]
+        rows = llm._decode(entries)
+        from led_local._native import ffi
+        for seq, row in enumerate(rows):
+            ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, row)
+            got = np.frombuffer(ffi.buffer(ptr, 4 * 2 * llm.n_vocab()), np.float32).reshape(2, -1)
+            np.testing.assert_allclose(got, alone[seq].logits, rtol=1e-4, atol=1e-4)
+        llm._set_latents((), False, False)
+
+
+def test_readout_off_hands_out_nothing(tiny_path):
+    from led_local._native import ffi
+    with Llama(tiny_path, n_threads=1) as llm:
+        llm.latents("the cat")  # on, then off again
+        toks = llm.tokenize("the cat")
+        llm.reset()
+        llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+        assert llm._lib.llama_n_latents(llm._ctx) == 0
+        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) == ffi.NULL
+
+
+def test_latents_leave_final_logits_unchanged(tiny_path):
+    with Llama(tiny_path, n_threads=1) as llm:
+        toks = llm.tokenize(PROMPT)
+        llm.reset()
+        llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+        plain = llm._logits(-1)
+        r = llm.latents(toks)
+    np.testing.assert_array_equal(plain, r.final_logits)
+
+
+def test_invalid_layers(tiny_path):
+    with Llama(tiny_path, n_threads=1) as llm:
+        with pytest.raises(ValueError, match="layer index"):
+            llm.latents("x", layers=[4])
+        with pytest.raises(ValueError, match="layer index"):
+            llm.latents("x", layers=[-1])
+        with pytest.raises(ValueError, match="at least one"):
+            llm.latents("x", layers=[])
+        with pytest.raises(TypeError):
+            llm.latents("x", layers=["1"])
