@@ -146,9 +146,9 @@ def stream_deltas(
                         yield Delta(s.index, s.text[s.emitted : end], s.finish_reason)
                         s.emitted = end
 
-                for s in live:
-                    if s.finish_reason is not None and n > 1:
-                        llama._drop_sequence(s.index)  # frees its cells for the others
+                # a finished sequence keeps its KV cells until the call ends: reusing them would put later
+                # tokens of the others into lower cells, change the order attention sums in, and break
+                # "n parallel samples == the same seeds one by one" in the last bits
                 live = [s for s in live if s.finish_reason is None]
                 usage["total_tokens"] = n_prompt + usage["completion_tokens"]
                 if not batch:

@@ -251,9 +251,6 @@ class Llama:
     def _copy_sequence(self, src: int, dst: int) -> None:
         self._lib.llama_memory_seq_cp(self._memory(), src, dst, -1, -1)
 
-    def _drop_sequence(self, seq: int) -> None:
-        self._lib.llama_memory_seq_rm(self._memory(), seq, -1, -1)
-
     def _decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> list[int]:
         """Decode (token, pos, seq, wants_output) entries in n_batch chunks.
 

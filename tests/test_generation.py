@@ -1,0 +1,144 @@
+"""Generation through the Llama object: OpenAI shapes, streaming, stops, and parallel samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from led_local import Llama
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_paths):
+    with Llama(tiny_paths["qwen2-untied-think"], n_threads=1, n_seq_max=8, n_ctx=2048) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path):
+    with Llama(smollm2_path, n_threads=1, n_seq_max=8, n_ctx=2048) as llm:
+        yield llm
+
+
+def texts(result):
+    return [c["text"] for c in result["choices"]]
+
+
+def test_completion_shape_and_usage(tiny):
+    r = tiny.create_completion("the cat", max_tokens=12, temperature=0)
+    assert r["object"] == "text_completion" and r["id"].startswith("cmpl-")
+    (c,) = r["choices"]
+    assert c["index"] == 0 and c["finish_reason"] in ("stop", "length")
+    u = r["usage"]
+    assert u["prompt_tokens"] == len(tiny.tokenize("the cat", special=True))
+    assert 0 < u["completion_tokens"] <= 12 and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+
+
+def test_greedy_is_deterministic(smol):
+    a = smol.create_completion("The capital of France is", max_tokens=16, temperature=0)
+    b = smol.create_completion("The capital of France is", max_tokens=16, temperature=0, seed=123)
+    assert texts(a) == texts(b) and "Paris" in texts(a)[0]
+
+
+def test_streaming_equals_plain(smol):
+    kw = dict(max_tokens=20, temperature=0.9, seed=7)
+    plain = smol.create_completion("Once upon a time", **kw)
+    chunks = list(smol.create_completion("Once upon a time", stream=True, **kw))
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+    assert "".join(c["choices"][0]["text"] for c in chunks[:-1]) == texts(plain)[0]
+    assert chunks[-2]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+
+
+def test_parallel_samples_reproducible_and_independent(smol):
+    kw = dict(max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    a = smol.create_completion("My favourite animal is", n=4, seed=11, **kw)
+    b = smol.create_completion("My favourite animal is", n=4, seed=11, **kw)
+    assert texts(a) == texts(b)
+    assert len(set(texts(a))) == 4  # independent draws, not one sample copied
+    assert [c["index"] for c in a["choices"]] == [0, 1, 2, 3]
+    assert 4 <= a["usage"]["completion_tokens"] <= 4 * 24
+
+
+def test_parallel_equals_one_by_one(smol):
+    kw = dict(max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    together = texts(smol.create_completion("My favourite animal is", n=4, seed=11, **kw))
+    alone = [texts(smol.create_completion("My favourite animal is", n=1, seed=11 + i, **kw))[0] for i in range(4)]
+    assert together == alone
+
+
+def test_parallel_chat_equals_one_by_one_when_samples_end_at_different_steps(smol):
+    msgs = [{"role": "user", "content": "Name one colour."}]
+    kw = dict(max_tokens=40, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    together = smol.create_chat_completion(msgs, n=6, seed=5, **kw)
+    alone = [smol.create_chat_completion(msgs, n=1, seed=5 + i, **kw)["choices"][0] for i in range(6)]
+    assert [c["message"] for c in together["choices"]] == [c["message"] for c in alone]
+    assert sum(c["finish_reason"] == "stop" for c in alone) >= 2  # some ended early, the others ran on
+    assert len({len(c["message"]["content"]) for c in alone}) > 1  # they did end at different steps
+
+
+def test_parallel_streaming(smol):
+    kw = dict(max_tokens=10, temperature=1.0, seed=3, n=3)
+    plain = texts(smol.create_completion("Hello", **kw))
+    got = ["", "", ""]
+    for chunk in smol.create_completion("Hello", stream=True, **kw):
+        for c in chunk["choices"]:
+            got[c["index"]] += c["text"]
+    assert got == plain
+
+
+def test_stop_strings(smol):
+    full = texts(smol.create_completion("Count: 1, 2, 3,", max_tokens=20, temperature=0))[0]
+    assert " 5" in full
+    r = smol.create_completion("Count: 1, 2, 3,", max_tokens=20, temperature=0, stop=[" 5", "zzz"])
+    assert r["choices"][0]["text"] == full[: full.index(" 5")]
+    assert r["choices"][0]["finish_reason"] == "stop"
+    streamed = "".join(c["choices"][0]["text"] for c in
+                       smol.create_completion("Count: 1, 2, 3,", max_tokens=20, temperature=0, stop=" 5", stream=True)
+                       if c["choices"])
+    assert streamed == r["choices"][0]["text"]
+
+
+def test_max_tokens_length(tiny):
+    r = tiny.create_completion("the", max_tokens=5, temperature=1.0, seed=1, n=3)
+    for c in r["choices"]:
+        assert c["finish_reason"] in ("length", "stop")
+    assert r["usage"]["completion_tokens"] <= 15
+
+
+def test_context_fills_up_cleanly(tiny_paths):
+    with Llama(tiny_paths["llama-tied"], n_threads=1, n_ctx=32, n_seq_max=2) as llm:
+        r = llm.create_completion("the cat", max_tokens=None, temperature=1.0, seed=0, n=2,
+                                  top_k=0, top_p=1.0, min_p=0.0)
+        assert r["usage"]["total_tokens"] <= 32 + 2
+        assert all(c["finish_reason"] in ("length", "stop") for c in r["choices"])
+
+
+def test_chat_completion(smol):
+    msgs = [{"role": "user", "content": "What is 2+3? Reply with the number."}]
+    r = smol.create_chat_completion(msgs, max_tokens=30, temperature=0)
+    assert r["object"] == "chat.completion"
+    m = r["choices"][0]["message"]
+    assert m["role"] == "assistant" and "5" in m["content"]
+    assert r["choices"][0]["finish_reason"] == "stop"  # the template's end-of-turn token ends it
+    chunks = list(smol.create_chat_completion(msgs, max_tokens=30, temperature=0, stream=True))
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == m["content"]
+
+
+def test_chat_template_of_tiny_model(tiny):
+    from led_local.generate import chat_prompt_tokens
+    toks = chat_prompt_tokens(tiny, [{"role": "user", "content": "hi"}])
+    text = tiny.detokenize(toks, special=True).decode()
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_tokenize_roundtrip(smol):
+    text = "Grüße, 世界! 12+30=42"
+    toks = smol.tokenize(text, add_bos=False)
+    assert smol.detokenize(toks).decode() == text
+
+
+def test_utf8_split_across_tokens_streams_whole_characters(tiny):
+    # byte-level vocab: multi-byte characters arrive one byte per token; deltas never split them
+    for chunk in tiny.create_completion("é", max_tokens=30, temperature=1.5, seed=4, stream=True):
+        for c in chunk["choices"]:
+            c["text"].encode("utf-8")
