@@ -103,7 +103,20 @@ def _lib_names() -> tuple[str, ...]:
 
 def lib_dir() -> Path:
     override = os.environ.get("LED_LOCAL_LIB_DIR")
-    return Path(override) if override else Path(__file__).resolve().parent / "lib"
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve().parent / "lib"
+    if here.exists():
+        return here
+    # imported from a source checkout (e.g. `python -m pytest` puts the repo first on sys.path):
+    # use the libraries of the installed copy, if there is one
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        installed = Path(str(distribution("led-local").locate_file("led_local/lib")))
+        return installed if installed.exists() else here
+    except PackageNotFoundError:
+        return here
 
 
 def lib(verbose: bool = False):

@@ -32,15 +32,32 @@ def _one_line_errors(fn):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="led-local")
-def main() -> None:
+def cli() -> None:
     """Latent Exploration Decoding for local GGUF models."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click's usage errors become one line and exit status 2, like our own errors."""
+    try:
+        rv = cli.main(args=argv, prog_name="led-local", standalone_mode=False)
+    except click.UsageError as e:
+        hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx else ""
+        click.echo(f"led-local: error: {e.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("led-local: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"led-local: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 def _open(model: str, threads: int | None, n_seq_max: int = 8, n_ctx: int = 4096) -> Llama:
     return Llama(models.path(model), n_threads=threads, n_seq_max=n_seq_max, n_ctx=n_ctx)
 
 
-@main.command()
+@cli.command()
 @click.argument("prompt")
 @click.option("--model", "-m", default=models.DEFAULT_MODEL, show_default=True, help="registry key or .gguf path")
 @click.option("--chat/--no-chat", default=True, show_default=True, help="wrap PROMPT in the model's chat template")
@@ -80,7 +97,7 @@ def generate(prompt, model, chat, n, max_tokens, temperature, top_k, top_p, seed
         click.echo()
 
 
-@main.group("models")
+@cli.group("models")
 def models_group() -> None:
     """List, fetch and locate registry models."""
 

@@ -56,7 +56,8 @@ def _sdist() -> Path:
 def ensure_upstream() -> tuple[Path, Path]:
     """(directory to put on PYTHONPATH, directory holding libllama) of the reference build."""
     flags = cpu_flags()
-    key = hashlib.sha256(" ".join([SDIST_SHA256, *flags]).encode()).hexdigest()[:12]
+    rpath = "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON"  # the libraries find each other after being copied
+    key = hashlib.sha256(" ".join([SDIST_SHA256, rpath, *flags]).encode()).hexdigest()[:12]
     home = cache_root() / f"upstream-{key}"
     py_dir, lib_dir, done = home / "py", home / "lib", home / "READY"
     if done.exists():
@@ -74,7 +75,7 @@ def ensure_upstream() -> tuple[Path, Path]:
                                       "LLAMA_BUILD_EXAMPLES", "LLAMA_BUILD_SERVER", "LLAMA_BUILD_APP", "LLAMA_OPENSSL")]
         (src / "vendor" / "llama.cpp" / ".git").unlink(missing_ok=True)
         subprocess.run(["cmake", "-S", str(src / "vendor" / "llama.cpp"), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                        "-DBUILD_SHARED_LIBS=ON", *off, *flags], check=True, stdout=subprocess.DEVNULL)
+                        "-DBUILD_SHARED_LIBS=ON", rpath, *off, *flags], check=True, stdout=subprocess.DEVNULL)
         subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "llama"],
                        check=True, stdout=subprocess.DEVNULL)
         lib_dir.mkdir()
