@@ -79,6 +79,18 @@ void llama_memory_seq_cp(llama_memory_t mem, llama_seq_id seq_id_src, llama_seq_
 llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
 void llama_sampler_free(struct llama_sampler * smpl);
 
+/* csrc/led_core.h */
+typedef struct led_workspace led_workspace;
+led_workspace * led_workspace_new(int32_t d, int32_t k);
+void led_workspace_free(led_workspace * ws);
+typedef struct led_step_result {
+    int32_t n_cand; int32_t * candidates; float * token_probs; float * explore_probs; float * exploit_probs;
+    float p_top1; float p_exploit; int32_t depth; int32_t token; bool explored;
+} led_step_result;
+int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature, int32_t k,
+             bool exploit, bool explore_allowed, float u_coin, float u_sample,
+             led_workspace * ws, led_step_result * out);
+
 /* our patch to llama.h */
 int32_t llama_set_latents(struct llama_context * ctx, const int32_t * layers, int32_t n_layers, bool with_logits, bool norm);
 int32_t llama_n_latents(const struct llama_context * ctx);
@@ -138,3 +150,32 @@ def lib(verbose: bool = False):
             _lib = ffi.dlopen(str(candidate))
             _lib.led_init(verbose)
         return _lib
+
+
+def led_step(z, temperature: float, k: int, exploit: bool, explore_allowed: bool, u_coin: float, u_sample: float):
+    """Run csrc/led_core.c's led_step on a C-contiguous float32 [d, V] array; returns plain Python/numpy values."""
+    import numpy as np
+
+    L = lib()
+    d, n_vocab = z.shape
+    ws = L.led_workspace_new(d, k)
+    if ws == ffi.NULL:
+        raise MemoryError("could not allocate the LED workspace")
+    try:
+        cand = np.zeros(k, np.int32)
+        probs = np.zeros((3, k), np.float32)
+        res = ffi.new("led_step_result *")
+        res.candidates = ffi.cast("int32_t *", cand.ctypes.data)
+        res.token_probs = ffi.cast("float *", probs[0].ctypes.data)
+        res.explore_probs = ffi.cast("float *", probs[1].ctypes.data)
+        res.exploit_probs = ffi.cast("float *", probs[2].ctypes.data)
+        rc = L.led_step(ffi.cast("const float *", z.ctypes.data), d, n_vocab, temperature, k, exploit,
+                        explore_allowed, u_coin, u_sample, ws, res)
+        if rc != 0:
+            raise ValueError("led_step rejected its arguments")
+        n = res.n_cand
+        return dict(candidates=cand[:n].copy(), token_probs=probs[0, :n].copy(), explore_probs=probs[1, :n].copy(),
+                    exploit_probs=probs[2, :n].copy(), p_top1=float(res.p_top1), p_exploit=float(res.p_exploit),
+                    depth=int(res.depth), token=int(res.token), explored=bool(res.explored))
+    finally:
+        L.led_workspace_free(ws)
