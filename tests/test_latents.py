@@ -129,3 +129,22 @@ def test_invalid_layers(tiny_path):
             llm.latents("x", layers=[])
         with pytest.raises(TypeError):
             llm.latents("x", layers=["1"])
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_head_on_demand_equals_head_in_graph(tiny_paths, smollm2_path, norm):
+    """With the head off in the graph, the getter runs it over the saved states for that row only."""
+    from led_local._native import ffi
+    for path in (tiny_paths["llama-untied"], tiny_paths["qwen2-untied-think"], smollm2_path):
+        with Llama(path, n_threads=1, n_seq_max=2) as llm:
+            layers = llm.default_latent_layers(min(8, llm.n_layer()))
+            in_graph = llm.latents(PROMPT, layers=layers, norm=norm)
+            llm._set_latents(layers, False, norm)
+            llm.reset()
+            toks = in_graph.tokens
+            llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+            ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, -1)
+            assert ptr != ffi.NULL
+            lazy = np.frombuffer(ffi.buffer(ptr, 4 * len(layers) * llm.n_vocab()), np.float32).reshape(len(layers), -1)
+            np.testing.assert_allclose(lazy, in_graph.logits, rtol=1e-5, atol=1e-5 * np.abs(in_graph.logits).max())
+            llm._set_latents((), False, False)
