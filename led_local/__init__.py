@@ -1,8 +1,11 @@
 """led-local: Latent Exploration Decoding for local GGUF models on a patched llama.cpp."""
 
-from .llama import DecodeError, LatentReadout, Llama
 from .chat import ChatTemplateError
+from .led import LEDStep, led_sample, led_step
+from .llama import DecodeError, LatentReadout, Llama
+from .sampling import LEDConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["Llama", "LatentReadout", "DecodeError", "ChatTemplateError", "__version__"]
+__all__ = ["Llama", "LatentReadout", "LEDConfig", "LEDStep", "led_step", "led_sample", "DecodeError",
+           "ChatTemplateError", "__version__"]

@@ -78,6 +78,7 @@ bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, 
 void llama_memory_seq_cp(llama_memory_t mem, llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1);
 llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
 void llama_sampler_free(struct llama_sampler * smpl);
+void llama_sampler_accept(struct llama_sampler * smpl, llama_token token);
 
 /* csrc/led_core.h */
 typedef struct led_workspace led_workspace;
@@ -90,6 +91,15 @@ typedef struct led_step_result {
 int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature, int32_t k,
              bool exploit, bool explore_allowed, float u_coin, float u_sample,
              led_workspace * ws, led_step_result * out);
+
+/* csrc/led_sampler.h */
+typedef struct led_sampler_params {
+    int32_t d; int32_t k; float temperature; bool exploit; bool think_only;
+    const int32_t * end_think; int32_t n_end_think; uint32_t seed;
+} led_sampler_params;
+struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
+int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
+void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_t * depth, float * p_top1);
 
 /* our patch to llama.h */
 int32_t llama_set_latents(struct llama_context * ctx, const int32_t * layers, int32_t n_layers, bool with_logits, bool norm);
@@ -179,3 +189,20 @@ def led_step(z, temperature: float, k: int, exploit: bool, explore_allowed: bool
                     depth=int(res.depth), token=int(res.token), explored=bool(res.explored))
     finally:
         L.led_workspace_free(ws)
+
+
+def led_sampler_new(llama, d: int, k: int, temperature: float, exploit: bool, think_only: bool,
+                    end_think: list[int], seed: int):
+    """A native LED sampler (csrc/led_sampler.c) on this Llama's context; NULL-checked by the caller."""
+    params = ffi.new("led_sampler_params *")
+    marker = ffi.new("int32_t[]", end_think or [0])
+    params.d, params.k, params.temperature = d, k, temperature
+    params.exploit, params.think_only, params.seed = exploit, think_only, seed
+    params.end_think, params.n_end_think = marker, len(end_think)
+    return lib().led_sampler_new(llama._ctx, params)  # the sampler copies the marker
+
+
+def led_sampler_last(handle) -> tuple[bool, int, float]:
+    explored, depth, p_top1 = ffi.new("bool *"), ffi.new("int32_t *"), ffi.new("float *")
+    lib().led_sampler_last(handle, explored, depth, p_top1)
+    return bool(explored[0]), int(depth[0]), float(p_top1[0])

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from . import chat
-from .sampling import SAMPLERS, NativeSamplers, StandardSampling, resolve_seed
+from .sampling import SAMPLERS, LEDConfig, LEDSampling, NativeSamplers, StandardSampling, resolve_seed
 
 
 @dataclass
@@ -25,6 +25,7 @@ class _Sequence:
     text: str = ""
     emitted: int = 0
     finish_reason: str | None = None
+    pending_trace: list = field(default_factory=list)
     cut: bool = False  # a stop string ended it: the text is final, nothing to flush
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
@@ -36,6 +37,7 @@ class Delta:
     index: int
     text: str
     finish_reason: str | None = None
+    trace: list[dict] | None = None  # per-token LED trace of the tokens sampled in this step (trace=True)
 
 
 def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
@@ -83,13 +85,13 @@ def stream_deltas(
     *,
     n: int,
     max_tokens: int | None,
-    spec: StandardSampling,
+    spec: StandardSampling | LEDSampling,
     seed: int,
     stop: list[str],
     usage: dict,
+    trace: bool = False,
 ) -> Iterator[Delta]:
     """Generate n samples of one prompt; sample i is seeded with seed + i. Fills `usage` as it goes."""
-    lib, ctx = llama._lib, llama._ctx
     n_prompt = len(prompt_tokens)
     seqs = [_Sequence(index=i, seed=(seed + i) & 0xFFFFFFFF) for i in range(n)]
     usage.update(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt)
@@ -110,7 +112,9 @@ def stream_deltas(
             while live:
                 batch: list[tuple[int, int, int, bool]] = []
                 for s in live:
-                    token = samplers.sample(s.index, ctx, rows[s.index])
+                    token = samplers.sample(s.index, rows[s.index])
+                    if trace:
+                        s.pending_trace.append({"token": token, **(samplers.trace(s.index) or {})})
                     if llama.is_eog(token):
                         s.finish_reason = "stop"
                     else:
@@ -142,9 +146,10 @@ def stream_deltas(
                         end = len(s.text)
                     else:
                         end = len(s.text) - _held_back(s.text, stop)
-                    if end > s.emitted or s.finish_reason is not None:
-                        yield Delta(s.index, s.text[s.emitted : end], s.finish_reason)
-                        s.emitted = end
+                    if end > s.emitted or s.finish_reason is not None or (trace and s.pending_trace):
+                        yield Delta(s.index, s.text[s.emitted : end], s.finish_reason,
+                                    s.pending_trace if trace else None)
+                        s.emitted, s.pending_trace = end, []
 
                 # a finished sequence keeps its KV cells until the call ends: reusing them would put later
                 # tokens of the others into lower cells, change the order attention sums in, and break
@@ -170,14 +175,41 @@ def _check_common(llama, n: int, max_tokens: int | None, sampler: str) -> int | 
     return None if max_tokens is None or max_tokens <= 0 else max_tokens
 
 
-def _run(llama, tokens, *, n, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed, sampler):
-    max_tokens = _check_common(llama, n, max_tokens, sampler)
-    spec = StandardSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+def _sampler_spec(sampler: str, temperature, top_k, top_p, min_p, repeat_penalty, led):
+    if sampler == "led":
+        # LED is the whole decoding rule: its own top-k (LEDConfig.k) replaces top_k/top_p/min_p
+        return LEDSampling(temperature=temperature, config=LEDConfig.of(led))
+    if led is not None:
+        raise ValueError("led= settings apply only with sampler='led'")
+    return StandardSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=repeat_penalty)
+
+
+def _run(llama, tokens, *, n, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed, sampler,
+         led, trace):
+    max_tokens = _check_common(llama, n, max_tokens, sampler)
+    spec = _sampler_spec(sampler, temperature, top_k, top_p, min_p, repeat_penalty, led)
+    spec.graph_needs(llama)  # checks the settings against the model before anything runs
     usage: dict = {}
     deltas = stream_deltas(llama, tokens, n=n, max_tokens=max_tokens, spec=spec,
-                           seed=resolve_seed(seed, llama.seed), stop=_normalize_stop(stop), usage=usage)
+                           seed=resolve_seed(seed, llama.seed), stop=_normalize_stop(stop), usage=usage,
+                           trace=bool(trace))
     return deltas, usage
+
+
+def _collect(deltas: Iterator[Delta], n: int, trace: bool) -> tuple[list[str], list, list]:
+    texts, reasons, traces = [""] * n, [None] * n, [[] for _ in range(n)]
+    for d in deltas:
+        texts[d.index] += d.text
+        reasons[d.index] = d.finish_reason or reasons[d.index]
+        if trace and d.trace:
+            traces[d.index] += d.trace
+    return texts, reasons, traces
+
+
+def _trace_summary(steps: list[dict]) -> dict:
+    explored = sum(1 for t in steps if t.get("explored"))
+    return {"steps": steps, "explored": explored, "explored_share": explored / len(steps) if steps else 0.0}
 
 
 def create_completion(
@@ -195,33 +227,38 @@ def create_completion(
     stream: bool = False,
     n: int = 1,
     sampler: str = "standard",
+    led: LEDConfig | dict | None = None,
+    trace: bool = False,
 ) -> dict | Iterator[dict]:
     """Complete `prompt` n times. max_tokens None or <= 0 runs until end of generation or a full context.
 
     Returns an OpenAI `text_completion` dict, or with stream=True an iterator of chunks whose last one has
-    empty `choices` and the `usage`.
+    empty `choices` and the `usage`. sampler="led" decodes with LED (`led`: an LEDConfig or a dict of its
+    fields); trace=True adds each choice's per-token `led_trace` (explored, depth m*, p_top1).
     """
     tokens = _prompt_tokens(llama, prompt)
     deltas, usage = _run(llama, tokens, n=n, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, stop=stop, seed=seed,
-                         sampler=sampler)
+                         sampler=sampler, led=led, trace=trace)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "object": "text_completion", "created": created, "model": llama.model_path}
 
     if stream:
         def chunks() -> Iterator[dict]:
             for d in deltas:
-                yield {**head, "choices": [{"text": d.text, "index": d.index, "logprobs": None,
-                                            "finish_reason": d.finish_reason}]}
+                choice = {"text": d.text, "index": d.index, "logprobs": None, "finish_reason": d.finish_reason}
+                if trace:
+                    choice["led_trace"] = d.trace or []
+                yield {**head, "choices": [choice]}
             yield {**head, "choices": [], "usage": dict(usage)}
         return chunks()
 
-    texts, reasons = [""] * n, [None] * n
-    for d in deltas:
-        texts[d.index] += d.text
-        reasons[d.index] = d.finish_reason or reasons[d.index]
-    return {**head, "choices": [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]}
-                                for i in range(n)], "usage": usage}
+    texts, reasons, traces = _collect(deltas, n, trace)
+    choices = [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]} for i in range(n)]
+    if trace:
+        for i, c in enumerate(choices):
+            c["led_trace"] = _trace_summary(traces[i])
+    return {**head, "choices": choices, "usage": usage}
 
 
 def chat_prompt_tokens(llama, messages: list[dict]) -> list[int]:
@@ -247,12 +284,14 @@ def create_chat_completion(
     stream: bool = False,
     n: int = 1,
     sampler: str = "standard",
+    led: LEDConfig | dict | None = None,
+    trace: bool = False,
 ) -> dict | Iterator[dict]:
     """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks."""
     tokens = chat_prompt_tokens(llama, messages)
     deltas, usage = _run(llama, tokens, n=n, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, stop=stop, seed=seed,
-                         sampler=sampler)
+                         sampler=sampler, led=led, trace=trace)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "created": created, "model": llama.model_path}
 
@@ -264,17 +303,17 @@ def create_chat_completion(
                 started.add(d.index)
                 if d.text:
                     delta["content"] = d.text
-                yield {**head, "object": "chat.completion.chunk",
-                       "choices": [{"index": d.index, "delta": delta, "logprobs": None,
-                                    "finish_reason": d.finish_reason}]}
+                choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
+                if trace:
+                    choice["led_trace"] = d.trace or []
+                yield {**head, "object": "chat.completion.chunk", "choices": [choice]}
             yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": dict(usage)}
         return chunks()
 
-    texts, reasons = [""] * n, [None] * n
-    for d in deltas:
-        texts[d.index] += d.text
-        reasons[d.index] = d.finish_reason or reasons[d.index]
-    return {**head, "object": "chat.completion",
-            "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
-                         "finish_reason": reasons[i]} for i in range(n)],
-            "usage": usage}
+    texts, reasons, traces = _collect(deltas, n, trace)
+    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
+                "finish_reason": reasons[i]} for i in range(n)]
+    if trace:
+        for i, c in enumerate(choices):
+            c["led_trace"] = _trace_summary(traces[i])
+    return {**head, "object": "chat.completion", "choices": choices, "usage": usage}

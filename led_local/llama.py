@@ -190,6 +190,14 @@ class Llama:
         """The vocabulary's own spelling of a token (special tokens included)."""
         return ffi.string(self._lib.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
 
+    def end_of_thinking_tokens(self) -> list[int]:
+        """The token(s) of the model's end-of-thinking marker `</think>` when its vocabulary has one as a
+        token of its own, else [] (LED_SPEC.md step 8: such a model is "thinking" for its whole output)."""
+        tokens = self.tokenize("</think>", add_bos=False, special=True)
+        if len(tokens) == 1 and self.token_text(tokens[0]) == "</think>":
+            return tokens
+        return []
+
     def chat_template(self) -> str | None:
         raw = self._lib.llama_model_chat_template(self._model, ffi.NULL)
         return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8")

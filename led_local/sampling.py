@@ -2,7 +2,7 @@
 
 A generation runs one native `llama_sampler` per parallel sequence, each with its own seed (sample i of a
 call with seed s uses s + i, so `n` samples equal n one-by-one runs with those seeds). `sampler=` names
-the kind: "standard" (llama.cpp's ordinary chain) now; LED and DoLa plug in here.
+the kind: "standard" (llama.cpp's ordinary chain) or "led" (csrc/led_sampler.c, LED_SPEC.md).
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import math
 import secrets
 from dataclasses import dataclass
 
+from . import _native
 from ._native import ffi
 
-SAMPLERS = ("standard",)
+SAMPLERS = ("standard", "led")
 
 
 def _finite(name: str, value: object, lo: float | None = None, hi: float | None = None) -> float:
@@ -57,6 +58,104 @@ class StandardSampling:
         """(latent layers, with head logits, latent_norm) the graph must hand out: nothing for this sampler."""
         return ((), False, False)
 
+    def sample(self, llama, handle, row: int) -> int:
+        return llama._lib.llama_sampler_sample(handle, llama._ctx, row)
+
+    def trace(self, handle) -> dict | None:
+        return None
+
+
+@dataclass(frozen=True)
+class LEDConfig:
+    """Latent Exploration Decoding settings (LED_SPEC.md "Defaults": the paper's setting).
+
+    d: depths, the final layer and the d-1 blocks below the last; k: candidates from the final layer;
+    latent_norm: pass latent states through the final norm; exploit: the coin of step 8 (off: always
+    explore); think_only: stop exploring once the model has closed its `</think>` section; layers: the
+    latent blocks in depth order (default: the d-1 right below the last, h_{L-2}, h_{L-3}, ...; the
+    paper's own code reads one block lower, which `layers` can express).
+    """
+
+    d: int = 8
+    k: int = 8
+    latent_norm: bool = False
+    exploit: bool = True
+    think_only: bool = True
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("d", "k"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"LEDConfig.{name} must be a positive integer, got {v!r}")
+        for name in ("latent_norm", "exploit", "think_only"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"LEDConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+                raise ValueError(f"LEDConfig.layers must be block indices (integers >= 0), got {self.layers!r}")
+            if len(layers) != self.d - 1:
+                raise ValueError(f"LEDConfig.layers names {len(layers)} blocks but d={self.d} needs d-1 = {self.d - 1}")
+            object.__setattr__(self, "layers", layers)
+
+    @classmethod
+    def of(cls, value: "LEDConfig | dict | None") -> "LEDConfig":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"d", "k", "latent_norm", "exploit", "think_only", "layers"}
+            if unknown:
+                raise ValueError(f"unknown LED settings: {', '.join(sorted(unknown))}")
+            return cls(**value)
+        raise TypeError(f"led must be an LEDConfig or a dict, got {value!r}")
+
+    def latent_layers(self, llama) -> tuple[int, ...]:
+        """The blocks to read, checked against the model (a clear error at configuration time)."""
+        n = llama.n_layer()
+        if self.layers is not None:
+            bad = [i for i in self.layers if i >= n]
+            if bad:
+                raise ValueError(f"LEDConfig.layers {bad} are beyond this model's {n} blocks (0..{n - 1})")
+            return self.layers
+        if self.d > n:
+            raise ValueError(f"LEDConfig.d={self.d} needs {self.d - 1} blocks below the last; this model has {n} blocks")
+        return tuple(llama.default_latent_layers(self.d))
+
+
+@dataclass(frozen=True)
+class LEDSampling:
+    """LED at a temperature (0 = greedy); the sampler reads its latent rows from the patched context."""
+
+    temperature: float = 0.6
+    config: LEDConfig = LEDConfig()
+
+    def __post_init__(self) -> None:
+        _finite("temperature", self.temperature, 0.0)
+
+    def graph_needs(self, llama) -> tuple[tuple[int, ...], bool, bool]:
+        # states only: the head runs over them on demand, on the steps whose coin explores
+        layers = self.config.latent_layers(llama)
+        return (layers, False, self.config.latent_norm and bool(layers))
+
+    def new_native(self, llama, seed: int):
+        self.config.latent_layers(llama)
+        marker = llama.end_of_thinking_tokens() if self.config.think_only else []
+        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,
+                                       self.config.think_only, marker, seed)
+
+    def sample(self, llama, handle, row: int) -> int:
+        token = llama._lib.led_sampler_sample(handle, llama._ctx, row)
+        if token < 0:
+            raise RuntimeError("the LED sampler found no latent logits for its row (see the log with verbose=True)")
+        return token
+
+    def trace(self, handle) -> dict:
+        explored, depth, p_top1 = _native.led_sampler_last(handle)
+        return {"explored": explored, "depth": depth, "p_top1": p_top1}
+
 
 def resolve_seed(seed: int | None, default: int | None) -> int:
     """The seed of sample 0: the call's, else the Llama's, else a fresh random one."""
@@ -71,8 +170,10 @@ def resolve_seed(seed: int | None, default: int | None) -> int:
 class NativeSamplers:
     """One native sampler per sequence, freed together."""
 
-    def __init__(self, llama, spec: StandardSampling, seeds: list[int]) -> None:
+    def __init__(self, llama, spec, seeds: list[int]) -> None:
         self._lib = llama._lib
+        self._llama = llama
+        self.spec = spec
         self.handles = []
         for s in seeds:
             h = spec.new_native(llama, s & 0xFFFFFFFF)
@@ -81,8 +182,11 @@ class NativeSamplers:
                 raise RuntimeError("could not create a sampler")
             self.handles.append(h)
 
-    def sample(self, seq: int, ctx, output_index: int) -> int:
-        return self._lib.llama_sampler_sample(self.handles[seq], ctx, output_index)
+    def sample(self, seq: int, output_index: int) -> int:
+        return self.spec.sample(self._llama, self.handles[seq], output_index)
+
+    def trace(self, seq: int) -> dict | None:
+        return self.spec.trace(self.handles[seq])
 
     def close(self) -> None:
         for h in self.handles:

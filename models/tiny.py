@@ -42,6 +42,7 @@ class TinySpec:
     think: bool = False          # vocabulary has <think> and </think>
     seed: int = 0
     scale: float = 0.5           # weight scale: large enough that layers disagree, small enough to stay finite
+    final_norm_scale: float = 1.0  # > 1 sharpens the final layer against the raw latent lens (LED's regime)
 
 
 def _byte_tokens() -> list[str]:
@@ -105,7 +106,7 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
 
     embd = (rng.standard_normal((n_vocab, spec.n_embd))).astype(np.float32)
     writer.add_tensor("token_embd.weight", embd)
-    writer.add_tensor("output_norm.weight", norm_weight())
+    writer.add_tensor("output_norm.weight", norm_weight() * np.float32(spec.final_norm_scale))
     if not spec.tied:
         writer.add_tensor("output.weight", w(n_vocab, spec.n_embd))
     kv = spec.n_head_kv * head_dim

@@ -18,6 +18,8 @@ TINY_SPECS = {
     "llama-tied": TinySpec(arch="llama", tied=True),
     "llama-untied": TinySpec(arch="llama", tied=False, seed=1),
     "qwen2-untied-think": TinySpec(arch="qwen2", tied=False, think=True, seed=2),
+    # a sharp final layer over flatter raw latents, the regime where LED's latent rows matter
+    "qwen2-led": TinySpec(arch="qwen2", tied=False, think=True, seed=2, final_norm_scale=8.0),
 }
 
 

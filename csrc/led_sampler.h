@@ -1,0 +1,46 @@
+// led_sampler: LED as a llama.cpp sampler (struct llama_sampler_i) over the patched context's latent rows.
+//
+// The coin of LED_SPEC.md step 8 needs only the final layer, so each step first takes the final layer's
+// top-k and flips the coin, and asks the context for the latent logits only when it explores: with the
+// readout in "states only" mode (llama_set_latents(..., with_logits=false)) the LM head then runs over
+// the latent states of that one row, on demand. The emitted-token distribution is exactly the spec's.
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct llama_context;
+struct llama_sampler;
+
+typedef struct led_sampler_params {
+    int32_t d;                    // depths: the final layer and the d-1 latent blocks set on the context
+    int32_t k;                    // candidates
+    float   temperature;          // 0 = greedy
+    bool    exploit;              // step 8's coin; off: always explore
+    bool    think_only;           // never explore once the end-of-thinking marker was emitted
+    const int32_t * end_think;    // that marker's token ids (may be NULL: the model has none)
+    int32_t n_end_think;
+    uint32_t seed;
+} led_sampler_params;
+
+// NULL for invalid parameters (d < 1, k < 1, temperature < 0 or not finite). The context must hand out
+// d-1 latent rows (llama_set_latents) whenever d > 1.
+struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
+
+// The output row the next llama_sampler_apply reads (llama_sampler_i.apply gets only the candidates array).
+void led_sampler_set_row(struct llama_sampler * smpl, int32_t row);
+
+// set_row + apply + accept, without building llama.cpp's full-vocabulary candidates array: the fast path.
+// Returns the token, or -1 when the context has no latent rows for an exploring step.
+int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
+
+// What the last step did: explored or not, m*, the final layer's top-1 probability.
+void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_t * depth, float * p_top1);
+
+#ifdef __cplusplus
+}
+#endif

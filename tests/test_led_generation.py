@@ -1,0 +1,129 @@
+"""LED wired into generation: the emitted tokens follow LED_SPEC.md's distribution end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from led_local import LEDConfig, Llama, led_step
+from led_local.sampling import LEDSampling, NativeSamplers
+
+PROMPT = "the cat sat on the"
+
+
+@pytest.fixture(scope="module")
+def think_model(tiny_paths):
+    with Llama(tiny_paths["qwen2-led"], n_threads=1, n_seq_max=8, n_ctx=1024) as llm:
+        yield llm
+
+
+@pytest.mark.parametrize("cfg", [dict(d=4, k=8), dict(d=3, k=5, latent_norm=True), dict(d=4, k=6, exploit=False)])
+def test_first_token_follows_spec_distribution(think_model, cfg):
+    """Many seeded one-token generations (lazy latent head, 8 parallel rows per call) against led_step on
+    the readout's own logits: a chi-square test of the whole path."""
+    llm, T = think_model, 0.6
+    config = LEDConfig(**cfg)
+    tokens = llm.tokenize(PROMPT)
+    r = llm.latents(tokens, layers=list(llm.default_latent_layers(config.d)), norm=config.latent_norm)
+    rows = np.vstack([r.final_logits[None, :], r.logits])
+    step = led_step(rows, T, config.k, exploit=config.exploit)
+    if config.exploit:
+        assert 0.05 < step.p_exploit < 0.95  # both branches of the coin are exercised
+    if not config.latent_norm:
+        assert step.depth > 0  # the draw really depends on the latent rows
+    draws = []
+    for seed in range(0, 3200, 8):
+        out = llm.create_completion(tokens, max_tokens=1, temperature=T, sampler="led", led=config, n=8, seed=seed,
+                                    trace=True)
+        draws += [c["led_trace"]["steps"][0]["token"] for c in out["choices"]]
+    draws = np.array(draws)
+    counts = np.array([(draws == c).sum() for c in step.candidates])
+    assert counts.sum() == len(draws)  # only candidates are ever emitted
+    expected = step.token_probs * len(draws)
+    keep = expected > 5
+    chi2 = (((counts - expected) ** 2) / expected)[keep].sum()
+    dof = keep.sum() - 1
+    assert chi2 < dof + 5 * np.sqrt(2 * dof), (counts, expected)
+
+
+def test_seeded_and_parallel_equals_one_by_one(smollm2_path):
+    msgs = [{"role": "user", "content": "Name a fruit and say why you like it."}]
+    kw = dict(max_tokens=24, temperature=0.8, sampler="led", led=LEDConfig(d=8, k=8))
+    with Llama(smollm2_path, n_threads=1, n_seq_max=4, n_ctx=2048) as llm:
+        a = llm.create_chat_completion(msgs, n=4, seed=21, trace=True, **kw)
+        b = llm.create_chat_completion(msgs, n=4, seed=21, **kw)
+        alone = [llm.create_chat_completion(msgs, n=1, seed=21 + i, **kw)["choices"][0]["message"] for i in range(4)]
+    assert [c["message"] for c in a["choices"]] == [c["message"] for c in b["choices"]] == alone
+    explored = sum(c["led_trace"]["explored"] for c in a["choices"])
+    steps = sum(len(c["led_trace"]["steps"]) for c in a["choices"])
+    assert 0 < explored < steps  # LED explores on some steps, not all
+    for c in a["choices"]:
+        for t in c["led_trace"]["steps"]:
+            assert 0 <= t["depth"] < 8 and 0 < t["p_top1"] <= 1
+
+
+def test_think_only_stops_exploring_after_end_of_thinking(think_model):
+    llm = think_model
+    (end_think,) = llm.end_of_thinking_tokens()
+    assert llm.token_text(end_think) == "</think>"
+    spec = LEDSampling(temperature=1.0, config=LEDConfig(d=4, k=8, exploit=False, think_only=True))
+    tokens = llm.tokenize(PROMPT)
+    llm._set_latents(*spec.graph_needs(llm))
+    with NativeSamplers(llm, spec, [5]) as samplers:
+        def one_step() -> dict:
+            llm.reset()
+            (row,) = llm._decode([(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
+            samplers.sample(0, row)
+            return samplers.trace(0)
+        before = [one_step() for _ in range(20)]
+        llm._lib.llama_sampler_accept(samplers.handles[0], end_think)
+        after = [one_step() for _ in range(20)]
+    llm._set_latents((), False, False)
+    assert all(t["explored"] for t in before)  # exploit off: always explore while thinking
+    assert not any(t["explored"] for t in after)
+
+
+def test_model_without_think_token_never_gates(tiny_paths):
+    with Llama(tiny_paths["llama-tied"], n_threads=1) as llm:
+        assert llm.end_of_thinking_tokens() == []
+        r = llm.create_completion("the", max_tokens=20, temperature=1.0, sampler="led", seed=1, trace=True,
+                                  led=LEDConfig(d=4, k=8, exploit=False))
+        assert all(t["explored"] for t in r["choices"][0]["led_trace"]["steps"])
+
+
+def test_greedy_led_is_deterministic_without_exploring_when_exploit_dominates(smollm2_path):
+    with Llama(smollm2_path, n_threads=1) as llm:
+        a = llm.create_completion("The capital of France is", max_tokens=12, temperature=0.0, sampler="led", seed=1)
+        b = llm.create_completion("The capital of France is", max_tokens=12, temperature=0.0, sampler="led", seed=1)
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+
+
+def test_streaming_trace(tiny_paths):
+    with Llama(tiny_paths["llama-tied"], n_threads=1) as llm:
+        chunks = list(llm.create_completion("the", max_tokens=8, temperature=1.0, sampler="led", seed=3, stream=True,
+                                            trace=True, led={"d": 3, "k": 4}))
+        plain = llm.create_completion("the", max_tokens=8, temperature=1.0, sampler="led", seed=3, trace=True,
+                                      led={"d": 3, "k": 4})
+    steps = [t for c in chunks for ch in c["choices"] for t in ch["led_trace"]]
+    assert steps == plain["choices"][0]["led_trace"]["steps"]
+
+
+@pytest.mark.parametrize("led, match", [
+    (dict(d=9), "d=9 needs 8 blocks"),
+    (dict(d=0), "positive integer"),
+    (dict(k=0), "positive integer"),
+    (dict(d=3, layers=[1]), "d-1"),
+    (dict(d=2, layers=[7]), "beyond"),
+    (dict(exploit="yes"), "True or False"),
+    (dict(depth=3), "unknown LED settings"),
+])
+def test_invalid_led_settings(tiny_paths, led, match):
+    with Llama(tiny_paths["llama-tied"], n_threads=1) as llm:
+        with pytest.raises((ValueError, TypeError), match=match):
+            llm.create_completion("the", sampler="led", led=led)
+
+
+def test_led_settings_need_led_sampler(tiny_paths):
+    with Llama(tiny_paths["llama-tied"], n_threads=1) as llm:
+        with pytest.raises(ValueError, match="only with sampler='led'"):
+            llm.create_completion("the", led={"d": 2})
