@@ -206,3 +206,48 @@ int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature
     out->token = out->candidates[c];
     return 0;
 }
+
+// --- DoLa ---------------------------------------------------------------------------------------------
+
+static inline double led_log_prob(const led_row_norm * norm, float z) {
+    // log softmax at T = 1 for a finite row (DoLa works on raw logits)
+    return led_key(z) - norm->max - log(norm->sum);
+}
+
+int32_t dola_contrast(const float * final_logits, const float * premature, int32_t m, int32_t n_vocab, float * out) {
+    const led_row_norm nf = led_row_normalize(final_logits, n_vocab, 1.0f);
+    int32_t best = 0;
+    if (m > 1) {
+        // Jensen-Shannon divergence of each premature row from the final row, with transformers' reduction:
+        // 0.5 * (mean_v KL(avg || final) + mean_v KL(avg || premature)); a zero-mass term counts 0
+        double best_js = -INFINITY;
+        for (int32_t l = 0; l < m; l++) {
+            const float * zl = premature + (int64_t) l * n_vocab;
+            const led_row_norm nl = led_row_normalize(zl, n_vocab, 1.0f);
+            double kl_f = 0.0, kl_l = 0.0;
+            for (int32_t v = 0; v < n_vocab; v++) {
+                const double lpf = led_log_prob(&nf, final_logits[v]);
+                const double lpl = led_log_prob(&nl, zl[v]);
+                const double avg = 0.5 * (exp(lpf) + exp(lpl));
+                if (avg > 0.0) {
+                    kl_f += avg * (log(avg) - lpf);
+                    kl_l += avg * (log(avg) - lpl);
+                }
+            }
+            const double js = 0.5 * (kl_f / n_vocab + kl_l / n_vocab);
+            if (js > best_js) {
+                best_js = js;
+                best = l;
+            }
+        }
+    }
+    // relative-top filter on the final row, then the contrast
+    const float * zb = premature + (int64_t) best * n_vocab;
+    const led_row_norm nb = led_row_normalize(zb, n_vocab, 1.0f);
+    const double threshold = (nf.max - nf.max - log(nf.sum)) + log(DOLA_RELATIVE_TOP);  // log p_max + log 0.1
+    for (int32_t v = 0; v < n_vocab; v++) {
+        const double lpf = led_log_prob(&nf, final_logits[v]);
+        out[v] = lpf < threshold ? -INFINITY : (float) (lpf - led_log_prob(&nb, zb[v]));
+    }
+    return best;
+}

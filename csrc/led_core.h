@@ -81,6 +81,14 @@ int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature
              bool exploit, bool explore_allowed, float u_coin, float u_sample,
              led_workspace * ws, led_step_result * out);
 
+// DoLa (Chuang et al. 2023), as Hugging Face transformers' `dola_layers` generation implements it
+// (LED_SPEC.md, "DoLa"): among m premature rows, the one with the largest Jensen-Shannon divergence from
+// the final row (first on ties); then out[v] = log p_final(v) - log p_premature(v) for the tokens whose
+// final probability is at least DOLA_RELATIVE_TOP times the best one, -inf for the others.
+// Returns the chosen premature row.
+#define DOLA_RELATIVE_TOP 0.1
+int32_t dola_contrast(const float * final_logits, const float * premature, int32_t m, int32_t n_vocab, float * out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -268,3 +268,127 @@ void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_
     *depth    = st->last_depth;
     *p_top1   = st->last_p_top1;
 }
+
+// --- DoLa --------------------------------------------------------------------------------------------
+
+typedef struct dola_sampler_state {
+    struct llama_context * ctx;
+    struct llama_sampler * chain;
+    int32_t m;
+    int32_t n_vocab;
+    int32_t row;
+    float * contrast;          // [n_vocab]
+    llama_token_data * data;   // [n_vocab]
+    int32_t last_premature;
+} dola_sampler_state;
+
+static const char * dola_sampler_name(const struct llama_sampler * smpl) {
+    (void) smpl;
+    return "dola";
+}
+
+static int32_t dola_sampler_step(dola_sampler_state * st) {
+    const float * z0 = llama_get_logits_ith(st->ctx, st->row);
+    const float * zl = llama_get_latent_logits_ith(st->ctx, st->row);
+    if (z0 == NULL || zl == NULL) {
+        return -1;
+    }
+    st->last_premature = dola_contrast(z0, zl, st->m, st->n_vocab, st->contrast);
+    for (int32_t v = 0; v < st->n_vocab; v++) {
+        st->data[v].id    = v;
+        st->data[v].logit = st->contrast[v];
+        st->data[v].p     = 0.0f;
+    }
+    llama_token_data_array cur = { st->data, (size_t) st->n_vocab, -1, false };
+    llama_sampler_apply(st->chain, &cur);
+    return cur.selected < 0 ? -1 : cur.data[cur.selected].id;
+}
+
+static void dola_sampler_accept(struct llama_sampler * smpl, llama_token token) {
+    llama_sampler_accept(((dola_sampler_state *) smpl->ctx)->chain, token);
+}
+
+static void dola_sampler_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
+    dola_sampler_state * st = smpl->ctx;
+    const int32_t token = dola_sampler_step(st);
+    cur_p->selected = -1;
+    for (size_t i = 0; token >= 0 && i < cur_p->size; i++) {
+        if (cur_p->data[i].id == token) {
+            cur_p->selected = (int64_t) i;
+            break;
+        }
+    }
+}
+
+static void dola_sampler_reset(struct llama_sampler * smpl) {
+    llama_sampler_reset(((dola_sampler_state *) smpl->ctx)->chain);
+}
+
+static void dola_sampler_free(struct llama_sampler * smpl) {
+    dola_sampler_state * st = smpl->ctx;
+    if (st != NULL) {
+        llama_sampler_free(st->chain);
+        free(st->contrast);
+        free(st->data);
+        free(st);
+    }
+}
+
+static struct llama_sampler_i dola_sampler_iface = {
+    /* .name              = */ dola_sampler_name,
+    /* .accept            = */ dola_sampler_accept,
+    /* .apply             = */ dola_sampler_apply,
+    /* .reset             = */ dola_sampler_reset,
+    /* .clone             = */ NULL,  // the chain it owns has no generic clone here; clone the settings instead
+    /* .free              = */ dola_sampler_free,
+    /* .backend_init      = */ NULL,
+    /* .backend_accept    = */ NULL,
+    /* .backend_apply     = */ NULL,
+    /* .backend_set_input = */ NULL,
+    /* .backend_reset     = */ NULL,
+    /* .copy_state        = */ NULL,
+};
+
+struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, struct llama_sampler * chain) {
+    if (ctx == NULL || chain == NULL || m < 1) {
+        if (chain != NULL) {
+            llama_sampler_free(chain);
+        }
+        return NULL;
+    }
+    dola_sampler_state * st = calloc(1, sizeof(*st));
+    if (st == NULL) {
+        llama_sampler_free(chain);
+        return NULL;
+    }
+    st->ctx      = ctx;
+    st->chain    = chain;
+    st->m        = m;
+    st->n_vocab  = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
+    st->row      = -1;
+    st->contrast = malloc(sizeof(float) * (size_t) st->n_vocab);
+    st->data     = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
+    if (st->contrast == NULL || st->data == NULL) {
+        free(st->contrast);
+        free(st->data);
+        free(st);
+        llama_sampler_free(chain);
+        return NULL;
+    }
+    return llama_sampler_init(&dola_sampler_iface, st);
+}
+
+int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row) {
+    dola_sampler_state * st = smpl->ctx;
+    st->ctx = ctx;
+    st->row = row;
+    const int32_t token = dola_sampler_step(st);
+    if (token >= 0) {
+        llama_sampler_accept(smpl, token);
+    }
+    return token;
+}
+
+int32_t dola_sampler_last(const struct llama_sampler * smpl) {
+    return ((const dola_sampler_state *) smpl->ctx)->last_premature;
+}

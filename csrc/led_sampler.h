@@ -41,6 +41,15 @@ int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * c
 // What the last step did: explored or not, m*, the final layer's top-1 probability.
 void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_t * depth, float * p_top1);
 
+// DoLa over the m premature rows the context hands out (llama_set_latents with in-graph logits), followed
+// by `chain` (temperature, top-k, top-p, ... or greedy) on the contrasted logits, as transformers applies
+// its logits processors after DoLa's contrast. Takes ownership of chain. Its llama_sampler_i.apply reads
+// the row of the last dola_sampler_sample call; dola_sampler_sample is the way to drive it.
+struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, struct llama_sampler * chain);
+int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
+// The premature row the last step contrasted with.
+int32_t dola_sampler_last(const struct llama_sampler * smpl);
+
 #ifdef __cplusplus
 }
 #endif

@@ -100,6 +100,10 @@ typedef struct led_sampler_params {
 struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_t * depth, float * p_top1);
+struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, struct llama_sampler * chain);
+int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
+int32_t dola_sampler_last(const struct llama_sampler * smpl);
+int32_t dola_contrast(const float * final_logits, const float * premature, int32_t m, int32_t n_vocab, float * out);
 
 /* our patch to llama.h */
 int32_t llama_set_latents(struct llama_context * ctx, const int32_t * layers, int32_t n_layers, bool with_logits, bool norm);
@@ -206,3 +210,14 @@ def led_sampler_last(handle) -> tuple[bool, int, float]:
     explored, depth, p_top1 = ffi.new("bool *"), ffi.new("int32_t *"), ffi.new("float *")
     lib().led_sampler_last(handle, explored, depth, p_top1)
     return bool(explored[0]), int(depth[0]), float(p_top1[0])
+
+
+def dola_contrast(final_logits, premature):
+    """csrc/led_core.c's dola_contrast on float32 arrays [V] and [m, V]: (contrast logits [V], chosen row)."""
+    import numpy as np
+
+    out = np.empty(final_logits.shape[0], np.float32)
+    best = lib().dola_contrast(ffi.cast("const float *", final_logits.ctypes.data),
+                               ffi.cast("const float *", premature.ctypes.data), premature.shape[0],
+                               final_logits.shape[0], ffi.cast("float *", out.ctypes.data))
+    return out, int(best)

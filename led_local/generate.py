@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 from . import chat
-from .sampling import SAMPLERS, LEDConfig, LEDSampling, NativeSamplers, StandardSampling, resolve_seed
+from .sampling import SAMPLERS, DoLaSampling, LEDConfig, LEDSampling, NativeSamplers, StandardSampling, resolve_seed
 
 
 @dataclass
@@ -175,20 +175,25 @@ def _check_common(llama, n: int, max_tokens: int | None, sampler: str) -> int | 
     return None if max_tokens is None or max_tokens <= 0 else max_tokens
 
 
-def _sampler_spec(sampler: str, temperature, top_k, top_p, min_p, repeat_penalty, led):
+def _sampler_spec(sampler: str, temperature, top_k, top_p, min_p, repeat_penalty, led, dola_layers):
+    if led is not None and sampler != "led":
+        raise ValueError("led= settings apply only with sampler='led'")
+    if dola_layers is not None and sampler != "dola":
+        raise ValueError("dola_layers applies only with sampler='dola'")
     if sampler == "led":
         # LED is the whole decoding rule: its own top-k (LEDConfig.k) replaces top_k/top_p/min_p
         return LEDSampling(temperature=temperature, config=LEDConfig.of(led))
-    if led is not None:
-        raise ValueError("led= settings apply only with sampler='led'")
+    if sampler == "dola":
+        return DoLaSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                            repeat_penalty=repeat_penalty, dola_layers=dola_layers or "high")
     return StandardSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                             repeat_penalty=repeat_penalty)
 
 
 def _run(llama, tokens, *, n, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed, sampler,
-         led, trace):
+         led, trace, dola_layers=None):
     max_tokens = _check_common(llama, n, max_tokens, sampler)
-    spec = _sampler_spec(sampler, temperature, top_k, top_p, min_p, repeat_penalty, led)
+    spec = _sampler_spec(sampler, temperature, top_k, top_p, min_p, repeat_penalty, led, dola_layers)
     spec.graph_needs(llama)  # checks the settings against the model before anything runs
     usage: dict = {}
     deltas = stream_deltas(llama, tokens, n=n, max_tokens=max_tokens, spec=spec,
@@ -228,18 +233,21 @@ def create_completion(
     n: int = 1,
     sampler: str = "standard",
     led: LEDConfig | dict | None = None,
+    dola_layers: str | list[int] | None = None,
     trace: bool = False,
 ) -> dict | Iterator[dict]:
     """Complete `prompt` n times. max_tokens None or <= 0 runs until end of generation or a full context.
 
     Returns an OpenAI `text_completion` dict, or with stream=True an iterator of chunks whose last one has
     empty `choices` and the `usage`. sampler="led" decodes with LED (`led`: an LEDConfig or a dict of its
-    fields); trace=True adds each choice's per-token `led_trace` (explored, depth m*, p_top1).
+    fields); sampler="dola" with DoLa (`dola_layers`: "low", "high" (default) or transformers' layer
+    indices); trace=True adds each choice's per-token `led_trace` (LED: explored, depth m*, p_top1; DoLa:
+    the premature layer).
     """
     tokens = _prompt_tokens(llama, prompt)
     deltas, usage = _run(llama, tokens, n=n, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, stop=stop, seed=seed,
-                         sampler=sampler, led=led, trace=trace)
+                         sampler=sampler, led=led, trace=trace, dola_layers=dola_layers)
     cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "object": "text_completion", "created": created, "model": llama.model_path}
 
@@ -285,13 +293,14 @@ def create_chat_completion(
     n: int = 1,
     sampler: str = "standard",
     led: LEDConfig | dict | None = None,
+    dola_layers: str | list[int] | None = None,
     trace: bool = False,
 ) -> dict | Iterator[dict]:
     """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks."""
     tokens = chat_prompt_tokens(llama, messages)
     deltas, usage = _run(llama, tokens, n=n, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, stop=stop, seed=seed,
-                         sampler=sampler, led=led, trace=trace)
+                         sampler=sampler, led=led, trace=trace, dola_layers=dola_layers)
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     head = {"id": cid, "created": created, "model": llama.model_path}
 

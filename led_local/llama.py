@@ -128,6 +128,7 @@ class Llama:
             raise MemoryError(f"llama.cpp could not create a context with n_ctx={self.n_ctx}; try a smaller n_ctx")
         self._batch = self._lib.led_batch_new(max(self.n_batch, self.n_seq_max))
         self._latent_setting: tuple = ((), False, False)
+        self._tied: bool | None = None
         self.metadata = self._read_metadata()
 
     # --- lifetime -------------------------------------------------------------------------------------
@@ -189,6 +190,16 @@ class Llama:
     def token_text(self, token: int) -> str:
         """The vocabulary's own spelling of a token (special tokens included)."""
         return ffi.string(self._lib.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
+
+    def head_is_tied(self) -> bool:
+        """Whether the LM head is the token embedding matrix: llama.cpp's API does not say, the GGUF does
+        (no `output.weight` tensor)."""
+        if self._tied is None:
+            import gguf
+
+            reader = gguf.GGUFReader(self.model_path)
+            self._tied = not any(t.name == "output.weight" for t in reader.tensors)
+        return self._tied
 
     def end_of_thinking_tokens(self) -> list[int]:
         """The token(s) of the model's end-of-thinking marker `</think>` when its vocabulary has one as a
@@ -303,11 +314,12 @@ class Llama:
             raise ValueError(f"invalid latent layers {list(layers)} for a model with {self.n_layer()} blocks")
         self._latent_setting = setting
 
-    def validate_layers(self, layers: Sequence[int]) -> list[int]:
+    def validate_layers(self, layers: Sequence[int], allow_embeddings: bool = False) -> list[int]:
+        """Block indices 0..n_layer-1 (and -1, the token embeddings entering block 0, when allowed)."""
         n = self.n_layer()
         out = []
         for il in layers:
-            il = _check_int("layer index", il, 0, n - 1)
+            il = _check_int("layer index", il, -1 if allow_embeddings else 0, n - 1)
             out.append(il)
         if not out:
             raise ValueError("layers must name at least one block")
@@ -315,7 +327,7 @@ class Llama:
 
     def latents(self, prompt: str | bytes | Sequence[int], layers: Sequence[int] | None = None,
                 norm: bool = False) -> LatentReadout:
-        """Hidden states and head logits of `layers` after the prompt's last token.
+        """Hidden states and head logits of `layers` after the prompt's last token (-1: the token embeddings).
 
         `layers` defaults to the 7 blocks below the last (LED's d = 8; fewer on a model with fewer blocks).
         With `norm`, the logits are
@@ -328,7 +340,7 @@ class Llama:
                 raise ValueError("the prompt is empty")
             if len(tokens) > self.n_ctx:
                 raise ValueError(f"the prompt has {len(tokens)} tokens, more than n_ctx={self.n_ctx}")
-            layers = (self.validate_layers(layers) if layers is not None
+            layers = (self.validate_layers(layers, allow_embeddings=True) if layers is not None
                       else self.default_latent_layers(min(8, self.n_layer())))
             self._set_latents(layers, True, norm)
             try:

@@ -2,7 +2,8 @@
 
 A generation runs one native `llama_sampler` per parallel sequence, each with its own seed (sample i of a
 call with seed s uses s + i, so `n` samples equal n one-by-one runs with those seeds). `sampler=` names
-the kind: "standard" (llama.cpp's ordinary chain) or "led" (csrc/led_sampler.c, LED_SPEC.md).
+the kind: "standard" (llama.cpp's ordinary chain), "led" (csrc/led_sampler.c, LED_SPEC.md) or "dola"
+(DoLa's layer contrast, as Hugging Face transformers' `dola_layers` option does it, then the ordinary chain).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from . import _native
 from ._native import ffi
 
-SAMPLERS = ("standard", "led")
+SAMPLERS = ("standard", "led", "dola")
 
 
 def _finite(name: str, value: object, lo: float | None = None, hi: float | None = None) -> float:
@@ -157,6 +158,68 @@ class LEDSampling:
         return {"explored": explored, "depth": depth, "p_top1": p_top1}
 
 
+def dola_candidate_layers(n_layer: int, tied: bool, dola_layers: str | list[int]) -> list[int]:
+    """The premature layers transformers' DoLa contrasts with, in its numbering: 0 is the embedding output,
+    l >= 1 the output of block l-1. Tied heads skip the embeddings (their early exit is the identity)."""
+    final = n_layer
+    start = 0 if not tied else 2 if final > 2 else 1 if final == 2 else 0
+    if dola_layers == "low":
+        if start == final // 2:
+            return [start]
+        return list(range(start, final // 2, 2)) if final <= 40 else list(range(start, 20, 2))
+    if dola_layers == "high":
+        return list(range(final // 2, final, 2)) if final <= 40 else list(range(final - 20, final, 2))
+    if isinstance(dola_layers, (list, tuple)) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                      for i in dola_layers):
+        return [i for i in dola_layers if i < final]
+    raise ValueError(f"dola_layers must be 'low', 'high' or a list of layer indices >= 0, got {dola_layers!r}")
+
+
+@dataclass(frozen=True)
+class DoLaSampling:
+    """DoLa's contrast (csrc/led_core.c dola_contrast), then the ordinary chain on the contrasted logits."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    dola_layers: str | tuple = "high"
+
+    def __post_init__(self) -> None:
+        StandardSampling(self.temperature, self.top_k, self.top_p, self.min_p, self.repeat_penalty)
+        if isinstance(self.dola_layers, list):
+            object.__setattr__(self, "dola_layers", tuple(self.dola_layers))
+        dola_candidate_layers(64, False, list(self.dola_layers) if isinstance(self.dola_layers, tuple)
+                              else self.dola_layers)
+
+    def candidates(self, llama) -> list[int]:
+        layers = list(self.dola_layers) if isinstance(self.dola_layers, tuple) else self.dola_layers
+        cands = dola_candidate_layers(llama.n_layer(), llama.head_is_tied(), layers)
+        if not cands:
+            raise ValueError(f"dola_layers={self.dola_layers!r} leaves no premature layer below the last "
+                             f"of this model's {llama.n_layer()} blocks")
+        return cands
+
+    def graph_needs(self, llama) -> tuple[tuple[int, ...], bool, bool]:
+        # every step contrasts with every candidate: their head logits come out of the decode graph itself
+        return (tuple(layer - 1 for layer in self.candidates(llama)), True, False)
+
+    def new_native(self, llama, seed: int):
+        chain = llama._lib.led_sampler_standard_new(llama._model, self.temperature, self.top_k, self.top_p,
+                                                    self.min_p, self.repeat_penalty, 64, seed)
+        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), chain)
+
+    def sample(self, llama, handle, row: int) -> int:
+        token = llama._lib.dola_sampler_sample(handle, llama._ctx, row)
+        if token < 0:
+            raise RuntimeError("the DoLa sampler found no premature-layer logits for its row")
+        return token
+
+    def trace(self, handle) -> dict:
+        return {"premature": int(_native.lib().dola_sampler_last(handle))}
+
+
 def resolve_seed(seed: int | None, default: int | None) -> int:
     """The seed of sample 0: the call's, else the Llama's, else a fresh random one."""
     for s in (seed, default):
@@ -175,6 +238,7 @@ class NativeSamplers:
         self._llama = llama
         self.spec = spec
         self.handles = []
+        self._cands = spec.candidates(llama) if isinstance(spec, DoLaSampling) else None
         for s in seeds:
             h = spec.new_native(llama, s & 0xFFFFFFFF)
             if h == ffi.NULL:
@@ -186,7 +250,10 @@ class NativeSamplers:
         return self.spec.sample(self._llama, self.handles[seq], output_index)
 
     def trace(self, seq: int) -> dict | None:
-        return self.spec.trace(self.handles[seq])
+        t = self.spec.trace(self.handles[seq])
+        if t is not None and self._cands is not None:
+            t["premature"] = self._cands[t["premature"]]  # transformers' layer numbering
+        return t
 
     def close(self) -> None:
         for h in self.handles:

@@ -124,7 +124,7 @@ def test_invalid_layers(tiny_path):
         with pytest.raises(ValueError, match="layer index"):
             llm.latents("x", layers=[4])
         with pytest.raises(ValueError, match="layer index"):
-            llm.latents("x", layers=[-1])
+            llm.latents("x", layers=[-2])
         with pytest.raises(ValueError, match="at least one"):
             llm.latents("x", layers=[])
         with pytest.raises(TypeError):
