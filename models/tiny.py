@@ -43,6 +43,7 @@ class TinySpec:
     seed: int = 0
     scale: float = 0.5           # weight scale: large enough that layers disagree, small enough to stay finite
     final_norm_scale: float = 1.0  # > 1 sharpens the final layer against the raw latent lens (LED's regime)
+    think_bias: float = 0.0      # qwen2 only: an output.bias that makes `</think>` likely (tests of think_only)
 
 
 def _byte_tokens() -> list[str]:
@@ -109,6 +110,12 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     writer.add_tensor("output_norm.weight", norm_weight() * np.float32(spec.final_norm_scale))
     if not spec.tied:
         writer.add_tensor("output.weight", w(n_vocab, spec.n_embd))
+    if spec.think_bias:
+        if spec.arch != "qwen2" or not spec.think:
+            raise ValueError("think_bias needs arch='qwen2' (its builder adds output.bias) and think=True")
+        bias = (0.1 * rng.standard_normal(n_vocab)).astype(np.float32)
+        bias[tokens.index("</think>")] += spec.think_bias
+        writer.add_tensor("output.bias", bias)
     kv = spec.n_head_kv * head_dim
     for il in range(spec.n_layer):
         p = f"blk.{il}."

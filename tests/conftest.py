@@ -20,6 +20,8 @@ TINY_SPECS = {
     "qwen2-untied-think": TinySpec(arch="qwen2", tied=False, think=True, seed=2),
     # a sharp final layer over flatter raw latents, the regime where LED's latent rows matter
     "qwen2-led": TinySpec(arch="qwen2", tied=False, think=True, seed=2, final_norm_scale=8.0),
+    # an output bias (part of f, LED_SPEC.md) that makes the model close its thinking now and then
+    "qwen2-think-bias": TinySpec(arch="qwen2", tied=False, think=True, seed=3, think_bias=2.0),
 }
 
 

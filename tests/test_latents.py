@@ -16,7 +16,7 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "qwen2-untied-think"])
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "qwen2-untied-think", "qwen2-think-bias"])
 @pytest.mark.parametrize("norm", [False, True])
 def test_latent_logits_equal_head_over_states(tiny_paths, name, norm):
     path = tiny_paths[name]
@@ -30,7 +30,7 @@ def test_latent_logits_equal_head_over_states(tiny_paths, name, norm):
     h = r.hidden.astype(np.float64)
     if norm:
         h = rms_norm(h, tensors["output_norm.weight"], eps)
-    expected = h @ head_weight(tensors).T
+    expected = h @ head_weight(tensors).T + tensors.get("output.bias", 0.0)  # f: the head's bias, if any
     assert _rel_err(r.logits, expected) < 1e-5
 
 

@@ -83,6 +83,23 @@ def test_think_only_stops_exploring_after_end_of_thinking(think_model):
     assert not any(t["explored"] for t in after)
 
 
+def test_generation_stops_exploring_once_the_model_closes_its_thinking(tiny_paths):
+    """End to end: the tiny model's output bias makes it emit </think> after a few tokens."""
+    with Llama(tiny_paths["qwen2-think-bias"], n_threads=1, n_seq_max=8) as llm:
+        (end_think,) = llm.end_of_thinking_tokens()
+        r = llm.create_completion("the cat", max_tokens=30, temperature=1.0, sampler="led", seed=0, n=8, trace=True,
+                                  led=LEDConfig(d=4, k=8, exploit=False))
+    closed = 0
+    for c in r["choices"]:
+        steps = c["led_trace"]["steps"]
+        tokens = [t["token"] for t in steps]
+        cut = tokens.index(end_think) + 1 if end_think in tokens else len(steps)
+        assert all(t["explored"] for t in steps[:cut])      # exploit off: always explore while thinking
+        assert not any(t["explored"] for t in steps[cut:])  # never after </think>
+        closed += len(steps) - cut >= 3
+    assert closed >= 4  # most samples closed their thinking early enough to show it
+
+
 def test_model_without_think_token_never_gates(tiny_paths):
     with Llama(tiny_paths["llama-tied"], n_threads=1) as llm:
         assert llm.end_of_thinking_tokens() == []
