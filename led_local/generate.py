@@ -183,11 +183,11 @@ def _sampler_spec(sampler: str, temperature, top_k, top_p, min_p, repeat_penalty
     if sampler == "led":
         # LED is the whole decoding rule: its own top-k (LEDConfig.k) replaces top_k/top_p/min_p
         return LEDSampling(temperature=temperature, config=LEDConfig.of(led))
+    standard = StandardSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repeat_penalty=repeat_penalty)
     if sampler == "dola":
-        return DoLaSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repeat_penalty=repeat_penalty, dola_layers=dola_layers or "high")
-    return StandardSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                            repeat_penalty=repeat_penalty)
+        return DoLaSampling(chain=standard, dola_layers=dola_layers or "high")
+    return standard
 
 
 def _run(llama, tokens, *, n, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed, sampler,

@@ -177,25 +177,22 @@ def dola_candidate_layers(n_layer: int, tied: bool, dola_layers: str | list[int]
 
 @dataclass(frozen=True)
 class DoLaSampling:
-    """DoLa's contrast (csrc/led_core.c dola_contrast), then the ordinary chain on the contrasted logits."""
+    """DoLa's contrast (csrc/led_core.c dola_contrast), then the ordinary chain of `chain` on the contrasted
+    logits, as transformers runs its logits processors after the contrast."""
 
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    chain: StandardSampling = StandardSampling()
     dola_layers: str | tuple = "high"
 
     def __post_init__(self) -> None:
-        StandardSampling(self.temperature, self.top_k, self.top_p, self.min_p, self.repeat_penalty)
         if isinstance(self.dola_layers, list):
             object.__setattr__(self, "dola_layers", tuple(self.dola_layers))
-        dola_candidate_layers(64, False, list(self.dola_layers) if isinstance(self.dola_layers, tuple)
-                              else self.dola_layers)
+        dola_candidate_layers(64, False, self._layers())  # validates the form; the model checks the range
+
+    def _layers(self) -> str | list[int]:
+        return list(self.dola_layers) if isinstance(self.dola_layers, tuple) else self.dola_layers
 
     def candidates(self, llama) -> list[int]:
-        layers = list(self.dola_layers) if isinstance(self.dola_layers, tuple) else self.dola_layers
-        cands = dola_candidate_layers(llama.n_layer(), llama.head_is_tied(), layers)
+        cands = dola_candidate_layers(llama.n_layer(), llama.head_is_tied(), self._layers())
         if not cands:
             raise ValueError(f"dola_layers={self.dola_layers!r} leaves no premature layer below the last "
                              f"of this model's {llama.n_layer()} blocks")
@@ -206,9 +203,8 @@ class DoLaSampling:
         return (tuple(layer - 1 for layer in self.candidates(llama)), True, False)
 
     def new_native(self, llama, seed: int):
-        chain = llama._lib.led_sampler_standard_new(llama._model, self.temperature, self.top_k, self.top_p,
-                                                    self.min_p, self.repeat_penalty, 64, seed)
-        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), chain)
+        # dola_sampler_new takes the chain over (and frees it if it fails)
+        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), self.chain.new_native(llama, seed))
 
     def sample(self, llama, handle, row: int) -> int:
         token = llama._lib.dola_sampler_sample(handle, llama._ctx, row)
