@@ -1,0 +1,1 @@
+"""The subcommands of `led-local`, one module each; `led_local.cli` assembles them."""

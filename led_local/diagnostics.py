@@ -1,0 +1,130 @@
+"""The entropy profile of LED_SPEC.md ("Diagnostic"): for each generated token, the normalized entropy
+H(softmax(W . h_i / T)) / ln V of every block i and of the final layer, averaged over tokens, in both
+lenses: raw states (what LED reads) and states through the final norm (what `latent_norm` reads).
+
+LED can only help where the blocks it reads sit above the final layer in this profile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._native import ffi
+from .generate import chat_prompt_tokens
+from .sampling import NativeSamplers, StandardSampling
+
+
+@dataclass(frozen=True)
+class EntropyProfile:
+    blocks: list[int]
+    raw: np.ndarray       # [n_layer] mean normalized entropy, raw lens
+    normed: np.ndarray    # [n_layer] mean normalized entropy, normed lens
+    final: float          # the final layer's
+    mean_top1: float      # the final layer's mean top-1 probability
+    tokens: int           # generated tokens averaged over
+    temperature: float
+    led_blocks: list[int]  # the blocks LED reads at d = 8
+
+    @property
+    def has_reservoir(self) -> bool:
+        """LED's blocks (raw lens, as LED reads them by default) are on average more entropic than the final layer."""
+        return float(np.mean(self.raw[self.led_blocks])) > self.final
+
+    def verdict(self) -> str:
+        led = float(np.mean(self.raw[self.led_blocks]))
+        normed = float(np.mean(self.normed[self.led_blocks]))
+        span = f"blocks {self.led_blocks[-1]}-{self.led_blocks[0]}"
+        if self.has_reservoir:
+            return (f"This model HAS the latent entropy reservoir LED needs: the {span} that LED reads average "
+                    f"{led:.3f} (raw lens) against {self.final:.3f} for the final layer.")
+        hint = (f" The normed lens ({normed:.3f}) is above the final layer: try --latent-norm."
+                if normed > self.final else "")
+        return (f"This model shows NO latent entropy reservoir: the {span} that LED reads average {led:.3f} (raw "
+                f"lens) against {self.final:.3f} for the final layer, so LED is unlikely to help it.{hint}")
+
+
+def normalized_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """H(softmax(z / T)) / ln V for each row of logits [rows, V] (T = 0 reads as 1: no division)."""
+    x = logits.astype(np.float64) / (temperature if temperature > 0 else 1.0)
+    x = np.where(np.isnan(x), -np.inf, x)
+    m = x.max(axis=-1, keepdims=True)
+    p = np.exp(x - m)
+    s = p.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        h = np.log(s[..., 0]) - np.where(p > 0, p * (x - m), 0.0).sum(axis=-1) / s[..., 0]
+    return h / np.log(logits.shape[-1])
+
+
+def _profile_pass(llama, prompts: list[list[dict]], norm: bool, max_tokens: int, temperature: float, seed: int):
+    n_layer, n_vocab = llama.n_layer(), llama.n_vocab()
+    blocks = list(range(n_layer))
+    sums, final_sum, top1_sum, count = np.zeros(n_layer), 0.0, 0.0, 0
+    spec = StandardSampling(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0)
+    with llama._lock:
+        llama._set_latents(blocks, False, norm)  # states only: the head runs per token on demand
+        try:
+            for p_index, messages in enumerate(prompts):
+                tokens = (chat_prompt_tokens(llama, messages) if llama.chat_template()
+                          else llama.tokenize(messages[-1]["content"], special=True))
+                llama.reset()
+                (row,) = llama._decode([(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
+                with NativeSamplers(llama, spec, [seed + p_index]) as sampler:
+                    for step in range(max_tokens):
+                        final = llama._logits(row)
+                        ptr = llama._lib.llama_get_latent_logits_ith(llama._ctx, row)
+                        if ptr == ffi.NULL:
+                            raise RuntimeError("this model's graph offers no latent readout")
+                        lat = np.frombuffer(ffi.buffer(ptr, 4 * n_layer * n_vocab), np.float32).reshape(n_layer, n_vocab)
+                        sums += normalized_entropy(lat, temperature)
+                        final_sum += float(normalized_entropy(final[None], temperature)[0])
+                        z = final.astype(np.float64) / (temperature or 1.0)
+                        top1_sum += float(1.0 / np.exp(z - z.max()).sum())
+                        count += 1
+                        token = sampler.sample(0, row)
+                        pos = len(tokens) + step
+                        if llama.is_eog(token) or pos + 1 >= llama.n_ctx:
+                            break
+                        (row,) = llama._decode([(token, pos, 0, True)])
+        finally:
+            llama._set_latents((), False, False)
+            llama.reset()
+    return sums, final_sum, top1_sum, count
+
+
+def entropy_profile(llama, prompts: list[list[dict]], max_tokens: int = 64, temperature: float = 0.6,
+                    seed: int = 0) -> EntropyProfile:
+    """Both lenses over the same generations (same seeds; the readout leaves the final logits bit-identical)."""
+    raw, final_sum, top1_sum, count = _profile_pass(llama, prompts, False, max_tokens, temperature, seed)
+    normed, _, _, count_n = _profile_pass(llama, prompts, True, max_tokens, temperature, seed)
+    if count == 0 or count_n != count:
+        raise RuntimeError("the two passes of the entropy profile did not generate the same tokens")
+    n = llama.n_layer()
+    return EntropyProfile(blocks=list(range(n)), raw=raw / count, normed=normed / count, final=final_sum / count,
+                          mean_top1=top1_sum / count, tokens=count, temperature=temperature,
+                          led_blocks=[n - 1 - j for j in range(1, min(8, n))])
+
+
+def plot_profile(profile: EntropyProfile, path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    lo, hi = min(profile.led_blocks), max(profile.led_blocks)
+    ax.axvspan(lo - 0.5, hi + 0.5, color="tab:orange", alpha=0.15, label="blocks LED reads (d=8)")
+    ax.plot(profile.blocks, profile.raw, marker="o", ms=3, label="raw lens (LED default)")
+    ax.plot(profile.blocks, profile.normed, marker="s", ms=3, label="normed lens (latent_norm)")
+    ax.axhline(profile.final, color="k", ls="--", lw=1, label="final layer")
+    ax.set_xlabel("block")
+    ax.set_ylabel("normalized entropy")
+    ax.set_title(title or f"entropy profile, T={profile.temperature}, {profile.tokens} tokens")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,166 @@
+"""The evaluator: data, answers, pass@k, the resumable runner and reports (real generation, tiny model)."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from led_local import Llama
+from led_local.commands.common import sampling_kwargs
+from led_local.eval import data, report, runner
+from led_local.eval.answers import extract_answer, is_correct, last_boxed
+from led_local.eval.passk import paired_difference, pass_at_k
+
+MINI = Path(__file__).parent / "data" / "gsm8k-mini.json"
+
+
+def test_load_gsm8k_json_and_jsonl(tmp_path):
+    problems = data.load(MINI)
+    assert len(problems) == 6 and problems[0].answer == "18" and "Janet" in problems[0].question
+    assert problems[0].messages()[0]["content"].startswith("Please reason step by step")
+    jl = tmp_path / "p.jsonl"
+    jl.write_text(json.dumps({"question": "1+1?", "answer": "so #### 2"}) + "\n\n" +
+                  json.dumps({"question": "2+2?", "answer": "1,004"}) + "\n")
+    assert [(p.question, p.answer) for p in data.load(jl)] == [("1+1?", "2"), ("2+2?", "1,004")]
+    assert len(data.load(MINI, limit=2)) == 2
+
+
+@pytest.mark.parametrize("content, match", [
+    ("[1, 2", "not valid JSON"), ("[{\"prompt\": []}]", "item 0"), ("{\"q\": 1}\n", "question"), ("", "no problems"),
+])
+def test_malformed_datasets(tmp_path, content, match):
+    p = tmp_path / "bad.json"
+    p.write_text(content)
+    with pytest.raises(data.DatasetError, match=match):
+        data.load(p)
+    with pytest.raises(data.DatasetError, match="not found"):
+        data.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so \\boxed{18} dollars", "18"), ("\\boxed{\\frac{3}{4}} and then \\boxed{7}", "7"),
+    ("\\boxed{\\text{a}{b}}", "\\text{a}{b}"), ("The answer is #### 1,204", "1,204"),
+    ("She has 3 apples, then 1,250.5 left", "1250.5"), ("no numbers here", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_judging_is_mathematical():
+    assert is_correct("18", "18") and is_correct("18.0", "18") and is_correct("\\frac{3}{4}", "0.75")
+    assert is_correct("\\$18", "18")
+    assert not is_correct("17", "18") and not is_correct(None, "18")
+    assert last_boxed("\\boxed{a") is None
+
+
+def test_pass_at_k_estimator():
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(16, 0, 16) == 0.0 and pass_at_k(16, 1, 16) == 1.0
+    for n, c, k in [(16, 3, 4), (8, 5, 3), (10, 2, 7)]:
+        assert pass_at_k(n, c, k) == pytest.approx(1 - math.comb(n - c, k) / math.comb(n, k))
+    d = paired_difference({"a": 1.0, "b": 0.0, "c": 1.0}, {"a": 0.0, "b": 0.0, "c": 1.0})
+    assert d["mean"] == pytest.approx(1 / 3) and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+
+
+def _run(llm, out, problems, label="led", n=4, progress=None):
+    settings = {"n": n, "sampler": label, "problems": [p.id for p in problems]}
+    return runner.run(llm, problems, label=label, sampling=sampling_kwargs(label, temperature=0.8, d=4), n=n, seed=3,
+                      max_tokens=12, out_dir=out, settings=settings, progress=progress)
+
+
+def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, tiny_paths):
+    problems = data.load(MINI, limit=4)
+    with Llama(tiny_paths["qwen2-untied-think"], n_threads=1, n_seq_max=4, n_ctx=2048) as llm:
+        clean = _run(llm, tmp_path / "clean", problems)
+        seen = []
+
+        def interrupt(k):
+            seen.append(k)
+            if sum(seen) >= 7:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            _run(llm, tmp_path / "cut", problems, progress=interrupt)
+        partial = runner.read_samples(runner.samples_path(tmp_path / "cut", "led"))
+        assert 0 < len(partial) < len(clean)
+        # a process killed mid-line leaves a torn line: it is dropped, not parsed or duplicated
+        with open(runner.samples_path(tmp_path / "cut", "led"), "a") as f:
+            f.write('{"problem": "2", "sam')
+        resumed = _run(llm, tmp_path / "cut", problems)
+    key = lambda x: (x["problem"], x["sample"], x["seed"], x["text"])  # noqa: E731
+    assert sorted(map(key, resumed)) == sorted(map(key, clean))
+    on_disk = runner.read_samples(runner.samples_path(tmp_path / "cut", "led"))
+    assert len(on_disk) == len(clean) == 16
+
+
+def test_settings_must_match_to_resume(tmp_path, tiny_paths):
+    problems = data.load(MINI, limit=1)
+    with Llama(tiny_paths["llama-tied"], n_threads=1, n_seq_max=4) as llm:
+        _run(llm, tmp_path, problems, n=2)
+        with pytest.raises(runner.SettingsMismatch, match="other settings"):
+            _run(llm, tmp_path, problems, n=3)
+
+
+def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "led_local.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_eval_compare_and_report(tmp_path, tiny_paths):
+    out = tmp_path / "run"
+    r = _cli("eval", str(MINI), "--model", str(tiny_paths["qwen2-untied-think"]), "--threads", "1", "--compare",
+             "led,standard", "--n", "4", "--k", "1,2,4", "--limit", "3", "--max-tokens", "8", "--d", "4",
+             "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "led-standard (paired" in r.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["samplers"]) == {"led", "standard"}
+    led = summary["samplers"]["led"]
+    assert led["problems"] == 3 and led["samples_per_problem"] == 4 and led["explored_share"] is not None
+    assert (out / "passk.png").stat().st_size > 1000
+    # --report recomputes every figure from the JSONL alone
+    (out / "summary.json").unlink()
+    r2 = _cli("eval", "--report", str(out), "--k", "1,2,4")
+    assert r2.returncode == 0, r2.stderr
+    assert json.loads((out / "summary.json").read_text()) == summary
+
+
+def test_eval_sigint_loses_nothing(tmp_path, tiny_paths):
+    out = tmp_path / "run"
+    args = ["eval", str(MINI), "--model", str(tiny_paths["llama-tied"]), "--threads", "1", "--n", "2", "--k", "1",
+            "--max-tokens", "400", "--d", "4", "--out", str(out)]
+    p = subprocess.Popen([sys.executable, "-m", "led_local.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    path = runner.samples_path(out, "led")
+    deadline = time.time() + 60
+    while time.time() < deadline and (not path.exists() or path.stat().st_size == 0):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    p.communicate(timeout=60)
+    assert p.returncode == 130
+    before = runner.read_samples(path)
+    assert 0 < len(before) < 12
+    assert path.read_bytes().endswith(b"\n")
+    r = _cli(*args)
+    assert r.returncode == 0, r.stderr
+    after = runner.read_samples(path)
+    assert len(after) == 12 and len({(x["problem"], x["sample"]) for x in after}) == 12
+    assert after[: len(before)] == before
+
+
+@pytest.mark.parametrize("args", [
+    ("eval", "/no/such.json"),
+    ("eval", str(MINI), "--compare", "led,magic"),
+    ("eval", str(MINI), "--n", "2", "--k", "4"),
+    ("eval", "--report", "/no/such/dir"),
+    ("eval",),
+])
+def test_eval_errors_exit_2(args):
+    r = _cli(*args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
