@@ -40,7 +40,7 @@ class EntropyProfile:
             return (f"This model HAS the latent entropy reservoir LED needs: the {span} that LED reads average "
                     f"{led:.3f} (raw lens) against {self.final:.3f} for the final layer.")
         hint = (f" The normed lens ({normed:.3f}) is above the final layer: try --latent-norm."
-                if normed > self.final else "")
+                if normed > 1.5 * self.final else "")
         return (f"This model shows NO latent entropy reservoir: the {span} that LED reads average {led:.3f} (raw "
                 f"lens) against {self.final:.3f} for the final layer, so LED is unlikely to help it.{hint}")
 

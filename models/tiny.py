@@ -43,6 +43,7 @@ class TinySpec:
     seed: int = 0
     scale: float = 0.5           # weight scale: large enough that layers disagree, small enough to stay finite
     final_norm_scale: float = 1.0  # > 1 sharpens the final layer against the raw latent lens (LED's regime)
+    chat_template: bool = True   # write the ChatML template (off: a base model)
     think_bias: float = 0.0      # qwen2 only: an output.bias that makes `</think>` likely (tests of think_only)
 
 
@@ -103,7 +104,8 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     writer.add_bos_token_id(tokens.index("<|endoftext|>"))
     writer.add_eos_token_id(eot)
     writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    if spec.chat_template:
+        writer.add_chat_template(CHATML_TEMPLATE)
 
     embd = (rng.standard_normal((n_vocab, spec.n_embd))).astype(np.float32)
     writer.add_tensor("token_embd.weight", embd)

@@ -149,7 +149,9 @@ def handle_command(session: Session, line: str) -> bool:
             new = dict(session.settings, **{key: _coerce(key, value, session.settings)})
             old, session.settings = session.settings, new
             try:
-                session.sampling()  # validates (LEDConfig, dola layers)
+                checked = session.sampling()  # validates (LEDConfig, dola layers) ...
+                if "led" in checked:
+                    checked["led"].latent_layers(session.llm)  # ... and against this model
                 if new["temperature"] < 0 or new["max_tokens"] < 1:
                     raise ValueError("temperature must be >= 0 and max_tokens >= 1")
             except (ValueError, TypeError):

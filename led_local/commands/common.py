@@ -59,9 +59,12 @@ def sampler_options(fn):
     @functools.wraps(fn)
     def wrapper(*args, sampler, temperature, top_k, top_p, led_d, led_k, latent_norm, exploit, think_only,
                 dola_layers, **kwargs):
-        kwargs["sampling"] = sampling_kwargs(sampler, temperature=temperature, top_k=top_k, top_p=top_p, d=led_d,
-                                             k=led_k, latent_norm=latent_norm, exploit=exploit,
-                                             think_only=think_only, dola_layers=dola_layers)
+        try:
+            kwargs["sampling"] = sampling_kwargs(sampler, temperature=temperature, top_k=top_k, top_p=top_p, d=led_d,
+                                                 k=led_k, latent_norm=latent_norm, exploit=exploit,
+                                                 think_only=think_only, dola_layers=dola_layers)
+        except (ValueError, TypeError) as e:
+            raise click.UsageError(str(e)) from None
         return fn(*args, **kwargs)
     return wrapper
 

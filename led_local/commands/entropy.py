@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..diagnostics import entropy_profile, plot_profile
+from .. import diagnostics
 from ..eval import data
 from .common import model_options, one_line_errors, open_model
 
@@ -42,11 +42,11 @@ def _prompts(path: str | None, limit: int) -> list[list[dict]]:
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--plot", "plot_path", default=None, help="PNG to write (default: entropy-<model>.png)")
 @one_line_errors
-def entropy_profile_command(model, threads, prompts, limit, max_tokens, temperature, seed, plot_path):
+def entropy_profile(model, threads, prompts, limit, max_tokens, temperature, seed, plot_path):
     """Normalized entropy per block (raw and normed lens) and of the final layer, over generated tokens."""
     messages = _prompts(prompts, limit)
     with open_model(model, threads, n_seq_max=1, n_ctx=4096) as llm:
-        prof = entropy_profile(llm, messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
+        prof = diagnostics.entropy_profile(llm, messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
         name = Path(llm.model_path).stem
     click.echo(f"{name}: {prof.tokens} generated tokens, T={temperature}; final layer {prof.final:.4f} "
                f"(mean top-1 probability {prof.mean_top1:.3f})")
@@ -57,8 +57,6 @@ def entropy_profile_command(model, threads, prompts, limit, max_tokens, temperat
     click.echo(f"{'final':>5}  {prof.final:>9.4f}")
     click.echo(prof.verdict())
     out = Path(plot_path or f"entropy-{name}.png")
-    plot_profile(prof, out, title=f"{name}: entropy profile (T={temperature})")
+    diagnostics.plot_profile(prof, out, title=f"{name}: entropy profile (T={temperature})")
     click.echo(f"plot: {out}")
 
-
-entropy_profile = entropy_profile_command

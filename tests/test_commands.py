@@ -1,0 +1,182 @@
+"""The led-local command: entropy-profile, bench, generate's sampler flags, and the chat REPL driven in a
+real pseudo-terminal (pexpect), typing as a person would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pexpect
+import pytest
+
+from led_local import Llama
+from led_local.diagnostics import entropy_profile, normalized_entropy
+
+
+def _cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "led_local.cli", *args], capture_output=True, text=True, input=input)
+
+
+def test_entropy_profile_values(tiny_paths):
+    """One generated token: the profile equals the entropies of the readout's own logits."""
+    msgs = [[{"role": "user", "content": "the cat"}]]
+    with Llama(tiny_paths["qwen2-led"], n_threads=1) as llm:
+        prof = entropy_profile(llm, msgs, max_tokens=1, temperature=0.6)
+        from led_local.generate import chat_prompt_tokens
+        tokens = chat_prompt_tokens(llm, msgs[0])
+        raw = llm.latents(tokens, layers=list(range(llm.n_layer())))
+        normed = llm.latents(tokens, layers=list(range(llm.n_layer())), norm=True)
+    assert prof.tokens == 1
+    np.testing.assert_allclose(prof.raw, normalized_entropy(raw.logits, 0.6), rtol=1e-5)
+    np.testing.assert_allclose(prof.normed, normalized_entropy(normed.logits, 0.6), rtol=1e-5)
+    assert prof.final == pytest.approx(float(normalized_entropy(raw.final_logits[None], 0.6)[0]), rel=1e-5)
+    assert prof.normed[-1] == pytest.approx(prof.final, rel=1e-5)  # the normed last block is the final layer
+    assert prof.led_blocks == [2, 1, 0]
+
+
+def test_normalized_entropy():
+    assert normalized_entropy(np.zeros((1, 50)), 1.0)[0] == pytest.approx(1.0)
+    z = np.full((1, 50), -np.inf)
+    z[0, 3] = 0
+    assert normalized_entropy(z, 1.0)[0] == pytest.approx(0.0)
+
+
+def test_entropy_profile_command(tmp_path, tiny_paths):
+    png = tmp_path / "p.png"
+    r = _cli("entropy-profile", "--model", str(tiny_paths["qwen2-led"]), "--threads", "1", "--max-tokens", "4",
+             "--limit", "1", "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert "final" in r.stdout and "LED reads" in r.stdout and "reservoir" in r.stdout
+    assert png.stat().st_size > 1000
+
+
+def test_bench_command(tiny_paths):
+    r = _cli("bench", "--model", str(tiny_paths["qwen2-led"]), "--tokens", "6", "--rounds", "1")
+    assert r.returncode != 0 or "led/standard" in r.stdout
+    # LED's default d=8 does not fit a 4-block model: a clear error, not a crash
+    assert r.returncode == 2 and "d=8" in r.stderr
+
+
+def test_generate_flags(tiny_paths):
+    for extra in (["--sampler", "led", "--d", "3", "--k", "4"], ["--sampler", "standard"],
+                  ["--sampler", "dola", "--dola-layers", "low", "--temperature", "0"]):
+        r = _cli("generate", "the cat", "--model", str(tiny_paths["llama-untied"]), "--threads", "1",
+                 "--max-tokens", "6", "--seed", "1", "--json", *extra)
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert out["object"] == "chat.completion" and out["usage"]["completion_tokens"] >= 1
+    r = _cli("generate", "-", "--model", str(tiny_paths["llama-untied"]), "--threads", "1", "--max-tokens", "4",
+             "--sampler", "standard", "--no-chat", input="the cat sat")
+    assert r.returncode == 0, r.stderr
+    r = _cli("generate", "x", "--model", str(tiny_paths["llama-untied"]), "--dola-layers", "1,a", "--sampler", "dola")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def leave(child) -> None:
+    """Ctrl-D at an empty prompt, after the line editor is back in raw mode (a person is not that fast)."""
+    time.sleep(0.3)
+    child.sendeof()
+
+
+@pytest.fixture
+def repl(tiny_paths, tmp_path):
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LED_LOCAL_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
+    child = pexpect.spawn(sys.executable, ["-m", "led_local.cli", "chat", "--model", str(tiny_paths["qwen2-think-bias"]),
+                                           "--threads", "1", "--d", "4", "--max-tokens", "40", "--seed", "1"],
+                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child.expect("Ctrl-D to leave")
+    child.expect("you> ")
+    yield child
+    if child.isalive():
+        child.terminate(force=True)
+
+
+def test_chat_repl(repl, tmp_path):
+    c = repl
+    c.sendline("hello there")
+    c.expect("you> ")  # an answer was streamed and the prompt is back
+    c.sendline("/stats")
+    c.expect(r"tokens/s")
+    c.expect("LED explored")
+    c.expect("you> ")
+    c.sendline("/set temperature=0.2")
+    c.expect("temperature = 0.2")
+    c.sendline("/set d=9")
+    c.expect("error: .*d=9")  # rejected, the old value kept
+    c.sendline("/sampler standard")
+    c.expect("sampler: standard")
+    c.sendline("and again")
+    c.expect("you> ")
+    save = tmp_path / "conv.json"
+    c.sendline(f"/save {save}")
+    c.expect("saved to")
+    c.expect("you> ")
+    conv = json.loads(save.read_text())
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert conv["sampler"] == "standard" and conv["settings"]["temperature"] == 0.2
+    c.sendline("/system You are terse.")
+    c.expect("conversation restarted")
+    c.sendline("/nope")
+    c.expect("unknown command")
+    leave(c)
+    c.expect(pexpect.EOF)
+    c.wait()
+    assert c.exitstatus == 0
+
+
+def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(tiny_paths, tmp_path):
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LED_LOCAL_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
+    c = pexpect.spawn(sys.executable, ["-m", "led_local.cli", "chat", "--model", str(tiny_paths["llama-tied"]),
+                                       "--threads", "1", "--d", "3", "--max-tokens", "100000", "--ctx", "200000",
+                                       "--no-think-only"],
+                      env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    c.expect("you> ")
+    c.sendline("tell me everything")
+    c.expect(".{40}")  # the answer is streaming
+    c.sendintr()
+    c.expect(r"\[interrupted\]")
+    c.expect("you> ")
+    c.sendline("/stats")
+    c.expect("last answer")
+    c.expect("you> ")
+    save = tmp_path / "c.json"
+    c.sendline(f"/save {save}")
+    c.expect("saved to")
+    conv = json.loads(save.read_text())
+    assert [m["role"] for m in conv["messages"]] == ["user", "assistant"]
+    assert len(conv["messages"][1]["content"]) > 0
+    leave(c)
+    c.expect(pexpect.EOF)
+
+
+def test_chat_drops_oldest_turns_to_fit(tiny_paths, tmp_path):
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LED_LOCAL_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
+    c = pexpect.spawn(sys.executable, ["-m", "led_local.cli", "chat", "--model", str(tiny_paths["llama-tied"]),
+                                       "--threads", "1", "--sampler", "standard", "--max-tokens", "60", "--ctx", "256"],
+                      env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    c.expect("you> ")
+    for i in range(4):
+        c.sendline(f"message number {i} " + "word " * 10)
+        idx = c.expect([r"dropped the \d+ oldest", "you> "])
+        if idx == 0:
+            break
+    else:
+        pytest.fail("the conversation never had to drop a turn")
+    c.expect("you> ")
+    leave(c)
+    c.expect(pexpect.EOF)
+
+
+def test_chat_without_template_is_refused(tmp_path):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
+    from tiny import TinySpec, write_tiny_model
+
+    base = write_tiny_model(tmp_path / "base.gguf", TinySpec(chat_template=False))
+    r = _cli("chat", "--model", str(base))
+    assert r.returncode == 2 and "no chat template" in r.stderr
+    r = _cli("chat", "--model", str(tmp_path / "missing.gguf"))
+    assert r.returncode == 2 and "not found" in r.stderr
