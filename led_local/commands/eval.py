@@ -64,17 +64,22 @@ def eval_command(dataset, model, threads, sampler, compare, n, ks, limit, max_to
 
     with open_model(model, threads, n_seq_max=n, n_ctx=1024 + n * max_tokens) as llm:
         total = len(problems) * n * len(samplers)
+        plans = []
+        for label in samplers:
+            sampling = sampling_kwargs(label, temperature=temperature, d=led_d, k=led_k, latent_norm=latent_norm,
+                                       dola_layers=dola_layers)
+            settings = {"model": Path(llm.model_path).name, "dataset": str(Path(dataset).name),
+                        "problems": [p.id for p in problems], "n": n, "seed": seed, "max_tokens": max_tokens,
+                        "temperature": temperature, "sampler": label,
+                        "sampling": {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in sampling.items()}}
+            plans.append((label, sampling, settings))
         with tqdm(total=total, unit="sample", desc="eval", dynamic_ncols=True) as bar:
-            for label in samplers:
-                sampling = sampling_kwargs(label, temperature=temperature, d=led_d, k=led_k, latent_norm=latent_norm,
-                                           dola_layers=dola_layers)
-                settings = {"model": Path(llm.model_path).name, "dataset": str(Path(dataset).name),
-                            "problems": [p.id for p in problems], "n": n, "seed": seed, "max_tokens": max_tokens,
-                            "temperature": temperature, "sampler": label,
-                            "sampling": {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in sampling.items()}}
-                bar.set_postfix_str(label)
-                runner.run(llm, problems, label=label, sampling=sampling, n=n, seed=seed, max_tokens=max_tokens,
-                           out_dir=out, settings=settings, progress=bar.update)
+            # problem by problem, every sampler in turn: a partial run is a paired comparison already
+            for index, problem in enumerate(problems):
+                for label, sampling, settings in plans:
+                    bar.set_postfix_str(f"{label} #{index}")
+                    runner.run(llm, [problem], label=label, sampling=sampling, n=n, seed=seed, max_tokens=max_tokens,
+                               out_dir=out, settings=settings, progress=bar.update, first_index=index)
     summary = report.summarize(out, k_list)
     click.echo(report.format_table(summary))
     click.echo(f"samples and summary.json in {out}; plot: {report.plot(summary, out / 'passk.png')}")

@@ -29,11 +29,15 @@ def summarize(out_dir: Path, ks: list[int] | None = None) -> dict:
         correct: dict[str, list[bool]] = {}
         for line in sorted(lines, key=lambda x: (x["problem_index"], x["sample"])):
             correct.setdefault(line["problem"], []).append(bool(line["correct"]))
-        n = min(len(v) for v in correct.values())
-        complete = {p: v[:n] for p, v in correct.items()}
+        settings_file = out_dir / f"settings-{label}.json"
+        settings = json.loads(settings_file.read_text()) if settings_file.exists() else None
+        # only problems with all their samples count (a run interrupted mid-problem has a partial one)
+        n = settings["n"] if settings else max(len(v) for v in correct.values())
+        complete = {p: v[:n] for p, v in correct.items() if len(v) >= n}
+        if not complete:
+            raise ValueError(f"{out_dir}: no problem has all {n} '{label}' samples yet")
         kk = [k for k in (ks or sorted({1, 2, 4, 8, 16, n})) if k <= n]
         per_k[label] = {k: per_problem(complete, k) for k in kk}
-        settings_file = out_dir / f"settings-{label}.json"
         explored = [x["explored_share"] for x in lines if x.get("explored_share") is not None]
         summary["samplers"][label] = {
             "problems": len(complete), "samples_per_problem": n, "samples": len(lines),
@@ -41,7 +45,7 @@ def summarize(out_dir: Path, ks: list[int] | None = None) -> dict:
             "mean_tokens": sum(x["tokens"] for x in lines) / len(lines),
             "wall_s": sum(x["wall_s"] for x in lines),
             "explored_share": sum(explored) / len(explored) if explored else None,
-            "settings": json.loads(settings_file.read_text()) if settings_file.exists() else None,
+            "settings": settings,
         }
     labels = list(runs)
     for i, a in enumerate(labels):

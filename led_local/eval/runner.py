@@ -70,8 +70,10 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
 
 
 def run(llama, problems: list[Problem], *, label: str, sampling: dict, n: int, seed: int, max_tokens: int,
-        out_dir: Path, settings: dict, progress: Callable[[int], None] | None = None) -> list[dict]:
-    """Generate the missing samples of `problems` for one sampler setting; returns every sample line."""
+        out_dir: Path, settings: dict, progress: Callable[[int], None] | None = None,
+        first_index: int = 0) -> list[dict]:
+    """Generate the missing samples of `problems` (the dataset's problems first_index, first_index+1, ...)
+    for one sampler setting; returns every sample line of the file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(settings))  # as it will read back (tuples become lists)
     sp = settings_path(out_dir, label)
@@ -89,7 +91,7 @@ def run(llama, problems: list[Problem], *, label: str, sampling: dict, n: int, s
     done = {(line["problem"], line["sample"]) for line in lines}
     use_chat = llama.chat_template() is not None
     with open(path, "a", encoding="utf-8") as f:
-        for p_index, problem in enumerate(problems):
+        for p_index, problem in enumerate(problems, start=first_index):
             missing = [i for i in range(n) if (problem.id, i) not in done]
             if progress:
                 progress(n - len(missing))
