@@ -125,7 +125,7 @@ def test_cli_errors_exit_2_with_one_line(args):
 
 
 def test_cli_generate_on_a_file(tiny_path):
-    r = _cli("generate", "the cat", "--model", str(tiny_path), "--max-tokens", "5", "--seed", "1", "--threads", "1",
+    r = _cli("generate", "the cat", "--model", str(tiny_path), "--max-tokens", "5", "--seed", "1", "--threads", "1", "--d", "3",
              "--json")
     assert r.returncode == 0, r.stderr
     assert '"chat.completion"' in r.stdout
