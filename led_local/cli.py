@@ -16,6 +16,7 @@ from .commands.entropy import entropy_profile
 from .commands.eval import eval_command
 from .commands.generate import generate
 from .commands.models import models_group
+from .commands.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,7 +25,7 @@ def cli() -> None:
     """Latent Exploration Decoding for local GGUF models."""
 
 
-for command in (chat, generate, models_group, eval_command, entropy_profile, bench):
+for command in (chat, generate, models_group, eval_command, entropy_profile, bench, serve):
     cli.add_command(command)
 
 

@@ -45,6 +45,7 @@ class TinySpec:
     final_norm_scale: float = 1.0  # > 1 sharpens the final layer against the raw latent lens (LED's regime)
     chat_template: bool = True   # write the ChatML template (off: a base model)
     think_bias: float = 0.0      # qwen2 only: an output.bias that makes `</think>` likely (tests of think_only)
+    eog_bias: float = 0.0        # qwen2 only: output.bias on the end-of-generation tokens (< 0: long outputs)
 
 
 def _byte_tokens() -> list[str]:
@@ -112,11 +113,14 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     writer.add_tensor("output_norm.weight", norm_weight() * np.float32(spec.final_norm_scale))
     if not spec.tied:
         writer.add_tensor("output.weight", w(n_vocab, spec.n_embd))
-    if spec.think_bias:
-        if spec.arch != "qwen2" or not spec.think:
-            raise ValueError("think_bias needs arch='qwen2' (its builder adds output.bias) and think=True")
+    if spec.think_bias or spec.eog_bias:
+        if spec.arch != "qwen2" or (spec.think_bias and not spec.think):
+            raise ValueError("output biases need arch='qwen2' (its builder adds output.bias); think_bias needs think=True")
         bias = (0.1 * rng.standard_normal(n_vocab)).astype(np.float32)
-        bias[tokens.index("</think>")] += spec.think_bias
+        if spec.think_bias:
+            bias[tokens.index("</think>")] += spec.think_bias
+        for name in ("<|endoftext|>", "<|im_end|>"):
+            bias[tokens.index(name)] += spec.eog_bias
         writer.add_tensor("output.bias", bias)
     kv = spec.n_head_kv * head_dim
     for il in range(spec.n_layer):

@@ -22,6 +22,8 @@ TINY_SPECS = {
     "qwen2-led": TinySpec(arch="qwen2", tied=False, think=True, seed=2, final_norm_scale=8.0),
     # an output bias (part of f, LED_SPEC.md) that makes the model close its thinking now and then
     "qwen2-think-bias": TinySpec(arch="qwen2", tied=False, think=True, seed=3, think_bias=2.0),
+    # never ends on its own: long generations for the server's disconnect test
+    "qwen2-no-eos": TinySpec(arch="qwen2", tied=False, seed=4, eog_bias=-40.0),
 }
 
 

@@ -1,0 +1,157 @@
+"""`led-local serve` end to end: the official `openai` client against the running server on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+KEY = "test-key"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_paths):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "led_local.cli", "serve", "--model", str(tiny_paths["qwen2-no-eos"]), "--threads", "1",
+         "--port", str(port), "--api-key", KEY, "--max-n", "4", "--max-tokens-limit", "16000", "--ctx", "16384"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=1)
+            break
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read())
+            time.sleep(0.1)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server, api_key=KEY, max_retries=0, timeout=60)
+
+
+CHAT = [{"role": "user", "content": "hello"}]
+
+
+def test_models(client):
+    ids = [m.id for m in client.models.list()]
+    assert ids == ["qwen2-no-eos"]
+
+
+def test_chat_plain_and_streamed(client):
+    r = client.chat.completions.create(model="x", messages=CHAT, max_tokens=12, temperature=0.7, seed=5)
+    assert r.object == "chat.completion" and r.choices[0].message.role == "assistant"
+    assert r.usage.completion_tokens >= 1 and r.choices[0].finish_reason in ("stop", "length")
+    chunks = list(client.chat.completions.create(model="x", messages=CHAT, max_tokens=12, temperature=0.7, seed=5,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == r.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+
+
+def test_completions_and_n(client):
+    r = client.completions.create(model="x", prompt="the cat", max_tokens=8, n=3, temperature=1.0, seed=2)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    again = client.completions.create(model="x", prompt="the cat", max_tokens=8, n=3, temperature=1.0, seed=2)
+    assert [c.text for c in r.choices] == [c.text for c in again.choices]
+    streamed = ["", "", ""]
+    for c in client.completions.create(model="x", prompt="the cat", max_tokens=8, n=3, temperature=1.0, seed=2,
+                                       stream=True):
+        for ch in c.choices:
+            streamed[ch.index] += ch.text
+    assert streamed == [c.text for c in r.choices]
+
+
+def test_led_and_dola_fields(client):
+    r = client.chat.completions.create(model="x", messages=CHAT, max_tokens=10, temperature=0.8, seed=1,
+                                       extra_body={"sampler": "led", "led": {"d": 4, "k": 6, "exploit": False}})
+    assert r.choices[0].message.content is not None
+    r = client.chat.completions.create(model="x", messages=CHAT, max_tokens=10, temperature=0.0,
+                                       extra_body={"sampler": "dola", "dola_layers": "high"})
+    assert r.usage.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("kwargs, param", [
+    (dict(temperature=-1), "temperature"),
+    (dict(n=9), "n"),
+    (dict(max_tokens=100000), "max_tokens"),  # above --max-tokens-limit
+    (dict(extra_body={"sampler": "magic"}), "sampler"),
+    (dict(extra_body={"sampler": "led", "led": {"d": 9}}), None),
+    (dict(messages=[{"role": "user", "content": "the cat " * 20000}]), None),
+])
+def test_bad_requests_get_400_in_openai_shape(client, kwargs, param):
+    args = dict(model="x", messages=CHAT, max_tokens=5) | kwargs
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**args)
+    body = e.value.response.json()
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
+    if param:
+        assert param in (body["error"]["param"] or body["error"]["message"])
+
+
+def test_wrong_or_missing_api_key(server):
+    bad = openai.OpenAI(base_url=server, api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    r = httpx.post(f"{server}/chat/completions", json={"messages": CHAT})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_concurrent_clients(client):
+    results, errors = {}, []
+
+    def one(i: int) -> None:
+        try:
+            r = client.chat.completions.create(model="x", messages=[{"role": "user", "content": f"hi {i}"}],
+                                               max_tokens=16, temperature=0.9, seed=i)
+            results[i] = r.choices[0].message.content
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 6
+    # each answer is the one its seed gives alone: requests did not disturb each other
+    alone = client.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi 3"}],
+                                           max_tokens=16, temperature=0.9, seed=3)
+    assert results[3] == alone.choices[0].message.content
+
+
+def test_disconnect_mid_stream_frees_the_slot(server, client):
+    long = {"prompt": "the cat", "max_tokens": 3000, "temperature": 1.0, "seed": 1}
+    t = time.time()
+    full = client.completions.create(model="x", **long)
+    t_full = time.time() - t
+    assert full.usage.completion_tokens == 3000  # long enough to tell an abandoned generation from a stopped one
+    # the same generation streamed, and the client drops it after a few chunks
+    with httpx.stream("POST", f"{server}/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={**long, "stream": True}, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 5:
+                break
+    t = time.time()
+    r = client.completions.create(model="x", prompt="the", max_tokens=4, temperature=0)
+    assert r.choices[0].text is not None
+    assert time.time() - t < t_full / 3  # not stuck behind the abandoned generation
