@@ -107,12 +107,9 @@ def entropy_profile(llama, prompts: list[list[dict]], max_tokens: int = 64, temp
 
 
 def plot_profile(profile: EntropyProfile, path, title: str = "") -> None:
-    import matplotlib
+    from .plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    fig, ax = new_figure(6, 3.5)
     lo, hi = min(profile.led_blocks), max(profile.led_blocks)
     ax.axvspan(lo - 0.5, hi + 0.5, color="tab:orange", alpha=0.15, label="blocks LED reads (d=8)")
     ax.plot(profile.blocks, profile.raw, marker="o", ms=3, label="raw lens (LED default)")
@@ -123,8 +120,4 @@ def plot_profile(profile: EntropyProfile, path, title: str = "") -> None:
     ax.set_title(title or f"entropy profile, T={profile.temperature}, {profile.tokens} tokens")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

@@ -76,6 +76,13 @@ def test_generate_flags(tiny_paths):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
 
 
+def spawn_chat(model, tmp_path, *args: str) -> pexpect.spawn:
+    """`led-local chat` in a pseudo-terminal, with a private cache (history file) and no cursor queries."""
+    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LED_LOCAL_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
+    return pexpect.spawn(sys.executable, ["-m", "led_local.cli", "chat", "--model", str(model), "--threads", "1", *args],
+                         env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+
+
 def leave(child) -> None:
     """Ctrl-D at an empty prompt, after the line editor is back in raw mode (a person is not that fast)."""
     time.sleep(0.3)
@@ -84,10 +91,7 @@ def leave(child) -> None:
 
 @pytest.fixture
 def repl(tiny_paths, tmp_path):
-    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LED_LOCAL_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
-    child = pexpect.spawn(sys.executable, ["-m", "led_local.cli", "chat", "--model", str(tiny_paths["qwen2-think-bias"]),
-                                           "--threads", "1", "--d", "4", "--max-tokens", "40", "--seed", "1"],
-                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child = spawn_chat(tiny_paths["qwen2-think-bias"], tmp_path, "--d", "4", "--max-tokens", "40", "--seed", "1")
     child.expect("Ctrl-D to leave")
     child.expect("you> ")
     yield child
@@ -129,11 +133,8 @@ def test_chat_repl(repl, tmp_path):
 
 
 def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(tiny_paths, tmp_path):
-    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LED_LOCAL_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
-    c = pexpect.spawn(sys.executable, ["-m", "led_local.cli", "chat", "--model", str(tiny_paths["llama-tied"]),
-                                       "--threads", "1", "--d", "3", "--max-tokens", "100000", "--ctx", "200000",
-                                       "--no-think-only"],
-                      env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    c = spawn_chat(tiny_paths["llama-tied"], tmp_path, "--d", "3", "--max-tokens", "100000", "--ctx", "200000",
+                   "--no-think-only")
     c.expect("you> ")
     c.sendline("tell me everything")
     c.expect(".{40}")  # the answer is streaming
@@ -154,10 +155,7 @@ def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(tiny_paths, tmp
 
 
 def test_chat_drops_oldest_turns_to_fit(tiny_paths, tmp_path):
-    env = {**os.environ, "PROMPT_TOOLKIT_NO_CPR": "1", "LED_LOCAL_CACHE": str(tmp_path / "cache"), "TERM": "dumb"}
-    c = pexpect.spawn(sys.executable, ["-m", "led_local.cli", "chat", "--model", str(tiny_paths["llama-tied"]),
-                                       "--threads", "1", "--sampler", "standard", "--max-tokens", "60", "--ctx", "256"],
-                      env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    c = spawn_chat(tiny_paths["llama-tied"], tmp_path, "--sampler", "standard", "--max-tokens", "60", "--ctx", "256")
     c.expect("you> ")
     for i in range(4):
         c.sendline(f"message number {i} " + "word " * 10)

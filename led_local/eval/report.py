@@ -70,12 +70,9 @@ def format_table(summary: dict) -> str:
 
 
 def plot(summary: dict, path: Path) -> Path:
-    import matplotlib
+    from ..plots import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = new_figure(5, 3.5)
     for label, s in summary["samplers"].items():
         ks = [int(k) for k in s["pass_at_k"]]
         means = [s["pass_at_k"][str(k)]["mean"] for k in ks]
@@ -86,9 +83,4 @@ def plot(summary: dict, path: Path) -> Path:
     ax.set_ylabel("pass@k")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
