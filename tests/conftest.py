@@ -46,6 +46,13 @@ def smollm2_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3_path() -> Path:
+    from led_local import models
+
+    return models.pull("gemma3-270m", quiet=True)
+
+
+@pytest.fixture(scope="session")
 def upstream():
     """(PYTHONPATH entry, lib dir) of upstream llama-cpp-python on unpatched llama.cpp (built once, cached)."""
     from upstream_build import ensure_upstream

@@ -17,6 +17,15 @@ def read_tensors(path) -> tuple[dict[str, np.ndarray], gguf.GGUFReader]:
     return out, reader
 
 
+def read_head(path) -> np.ndarray:
+    """Only W of LED_SPEC.md, dequantized (reading every tensor of a real model takes a while)."""
+    reader = gguf.GGUFReader(str(path))
+    by_name = {t.name: t for t in reader.tensors}
+    t = by_name.get("output.weight", by_name["token_embd.weight"])
+    shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+    return np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float64).reshape(shape)
+
+
 def field_value(reader: gguf.GGUFReader, key: str):
     return reader.fields[key].contents()
 

@@ -7,7 +7,7 @@ import pytest
 import gguf
 
 from led_local import Llama
-from reference import field_value, forward, head_weight, read_tensors, rms_norm
+from reference import field_value, forward, head_weight, read_head, read_tensors, rms_norm
 
 PROMPT = "the cat sat on the mat and then the"
 
@@ -59,7 +59,6 @@ def test_normed_last_block_reproduces_final_logits(tiny_paths, smollm2_path):
 
 
 def test_smollm2_quantized_head(smollm2_path):
-    tensors, _ = read_tensors(smollm2_path)
     reader = gguf.GGUFReader(str(smollm2_path))
     head = next(t for t in reader.tensors if t.name == "token_embd.weight")
     assert head.tensor_type == gguf.GGMLQuantizationType.Q8_0  # the tied head, duplicated for output
@@ -67,7 +66,7 @@ def test_smollm2_quantized_head(smollm2_path):
         r = llm.latents(PROMPT)
         n = llm.n_layer()
     assert r.layers == [n - 2 - j for j in range(7)]
-    W = head_weight(tensors)
+    W = read_head(smollm2_path)
     # the CPU kernel multiplies Q8_0 weights by the activation quantized to Q8_0: do the same in numpy
     hq = gguf.quants.dequantize(gguf.quants.quantize(r.hidden, gguf.GGMLQuantizationType.Q8_0),
                                 gguf.GGMLQuantizationType.Q8_0).reshape(r.hidden.shape)
@@ -76,6 +75,20 @@ def test_smollm2_quantized_head(smollm2_path):
     assert _rel_err(r.logits, r.hidden.astype(np.float64) @ W.T) < 2e-2
     # raw residual states of SmolLM2 are large (LED_SPEC.md: |h| about 700)
     assert np.linalg.norm(r.hidden, axis=1).mean() > 100
+
+
+def test_gemma3_head_and_final_norm_are_read_off_its_graph(gemma3_path):
+    """gemma3's builder (scaled embeddings, its own norms) through the same generic post-pass."""
+    with Llama(gemma3_path, n_threads=1) as llm:
+        n = llm.n_layer()
+        last = llm.latents(PROMPT, layers=[n - 1], norm=True)
+        r = llm.latents(PROMPT)
+    np.testing.assert_array_equal(last.logits[0], last.final_logits)
+    assert r.layers == [n - 2 - j for j in range(7)]
+    W = read_head(gemma3_path)
+    hq = gguf.quants.dequantize(gguf.quants.quantize(r.hidden, gguf.GGMLQuantizationType.Q8_0),
+                                gguf.GGMLQuantizationType.Q8_0).reshape(r.hidden.shape)
+    assert _rel_err(r.logits, hq.astype(np.float64) @ W.T) < 1e-4
 
 
 def test_rows_of_parallel_sequences_are_their_own(tiny_path):
