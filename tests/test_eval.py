@@ -132,16 +132,19 @@ def test_eval_compare_and_report(tmp_path, tiny_paths):
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_eval_sigint_loses_nothing(tmp_path, tiny_paths):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_eval_interrupt_loses_nothing(tmp_path, tiny_paths, sig):
     out = tmp_path / "run"
     args = ["eval", str(MINI), "--model", str(tiny_paths["llama-tied"]), "--threads", "1", "--n", "2", "--k", "1",
             "--max-tokens", "400", "--d", "4", "--out", str(out)]
-    p = subprocess.Popen([sys.executable, "-m", "led_local.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # started the way a background job is: with SIGINT ignored, which the evaluator undoes
+    p = subprocess.Popen([sys.executable, "-m", "led_local.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     path = runner.samples_path(out, "led")
     deadline = time.time() + 60
     while time.time() < deadline and (not path.exists() or path.stat().st_size == 0):
         time.sleep(0.05)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     p.communicate(timeout=60)
     assert p.returncode == 130
     before = runner.read_samples(path)

@@ -3,12 +3,23 @@ recomputes every figure from the sample files alone."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
 
 from ..eval import data, report, runner
 from .common import model_options, one_line_errors, open_model, sampling_kwargs
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_cleanly_on_signals() -> None:
+    """SIGTERM, and SIGINT even where a background launch ignores it, end the run between two writes."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _int_list(value: str, name: str) -> list[int]:
@@ -59,6 +70,7 @@ def eval_command(dataset, model, threads, sampler, compare, n, ks, limit, max_to
         raise ValueError(f"--k {max(k_list)} exceeds --n {n} samples per problem")
     problems = data.load(dataset, limit)
     out = Path(out_dir or f"eval-{Path(dataset).stem}-{Path(model).stem}")
+    _stop_cleanly_on_signals()
 
     from tqdm import tqdm
 
