@@ -85,7 +85,9 @@ def eval_command(dataset, model, threads, sampler, compare, n, ks, limit, max_to
                         "temperature": temperature, "sampler": label,
                         "sampling": {k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in sampling.items()}}
             plans.append((label, sampling, settings))
-        with tqdm(total=total, unit="sample", desc="eval", dynamic_ncols=True) as bar:
+        ids = {p.id for p in problems}
+        done = sum(runner.count_done(out, label, ids) for label, _, _ in plans)
+        with tqdm(total=total, initial=done, unit="sample", desc="eval", dynamic_ncols=True) as bar:
             # problem by problem, every sampler in turn: a partial run is a paired comparison already
             for index, problem in enumerate(problems):
                 for label, sampling, settings in plans:

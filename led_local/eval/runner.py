@@ -58,6 +58,11 @@ def read_samples(path: Path, repair: bool = False) -> list[dict]:
     return lines
 
 
+def count_done(out_dir: Path, label: str, problem_ids: set[str]) -> int:
+    """Samples already on disk for these problems (a resumed run's starting point)."""
+    return sum(1 for line in read_samples(samples_path(out_dir, label)) if line["problem"] in problem_ids)
+
+
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
     """Contiguous runs of sample indices as (start, count)."""
     out: list[tuple[int, int]] = []
@@ -73,7 +78,7 @@ def run(llama, problems: list[Problem], *, label: str, sampling: dict, n: int, s
         out_dir: Path, settings: dict, progress: Callable[[int], None] | None = None,
         first_index: int = 0) -> list[dict]:
     """Generate the missing samples of `problems` (the dataset's problems first_index, first_index+1, ...)
-    for one sampler setting; returns every sample line of the file."""
+    for one sampler setting; returns every sample line of the file. `progress` hears of each new sample."""
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(settings))  # as it will read back (tuples become lists)
     sp = settings_path(out_dir, label)
@@ -93,8 +98,6 @@ def run(llama, problems: list[Problem], *, label: str, sampling: dict, n: int, s
     with open(path, "a", encoding="utf-8") as f:
         for p_index, problem in enumerate(problems, start=first_index):
             missing = [i for i in range(n) if (problem.id, i) not in done]
-            if progress:
-                progress(n - len(missing))
             for start, count in _runs(missing):
                 t0 = time.perf_counter()
                 first = seed + p_index * n + start
