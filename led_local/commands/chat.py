@@ -18,7 +18,7 @@ import click
 from .. import models
 from ..generate import chat_prompt_tokens
 from ..sampling import LEDConfig
-from .common import USER_ERRORS, model_options, one_line_errors, open_model, parse_dola_layers, sampler_options
+from .common import USER_ERRORS, model_options, one_line_errors, open_model, sampler_options, sampling_kwargs
 
 HELP = """commands:
   /help                 this list
@@ -79,15 +79,10 @@ class Session:
 
     def sampling(self) -> dict:
         s = self.settings
-        out = {"sampler": self.sampler, "temperature": s["temperature"], "seed": s["seed"]}
-        if self.sampler == "led":
-            out["led"] = LEDConfig(d=s["d"], k=s["k"], latent_norm=s["latent_norm"], exploit=s["exploit"],
-                                   think_only=s["think_only"])
-        else:
-            out.update(top_k=s["top_k"], top_p=s["top_p"], min_p=0.0)
-            if self.sampler == "dola":
-                out["dola_layers"] = parse_dola_layers(s["dola_layers"])
-        return out
+        return {**sampling_kwargs(self.sampler, temperature=s["temperature"], top_k=s["top_k"], top_p=s["top_p"],
+                                  d=s["d"], k=s["k"], latent_norm=s["latent_norm"], exploit=s["exploit"],
+                                  think_only=s["think_only"], dola_layers=s["dola_layers"]),
+                "seed": s["seed"]}
 
     def fit_context(self) -> int:
         """Drop the oldest turns until the prompt and a full answer fit; returns how many were dropped."""
