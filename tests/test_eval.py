@@ -124,6 +124,11 @@ def test_eval_compare_and_report(tmp_path, tiny_paths):
     assert set(summary["samplers"]) == {"led", "standard"}
     led = summary["samplers"]["led"]
     assert led["problems"] == 3 and led["samples_per_problem"] == 4 and led["explored_share"] is not None
+    for label, stats in summary["samplers"].items():
+        lines = runner.read_samples(runner.samples_path(out, label))
+        cut = [x for x in lines if x["finish_reason"] == "length"]
+        assert stats["length_share"] == len(cut) / len(lines)
+        assert all(x["tokens"] == 8 for x in cut)  # cut at --max-tokens, and only there
     assert (out / "passk.png").stat().st_size > 1000
     # --report recomputes every figure from the JSONL alone
     (out / "summary.json").unlink()

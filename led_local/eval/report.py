@@ -45,6 +45,9 @@ def summarize(out_dir: Path, ks: list[int] | None = None) -> dict:
             "mean_tokens": sum(x["tokens"] for x in lines) / len(lines),
             "wall_s": sum(x["wall_s"] for x in lines),
             "explored_share": sum(explored) / len(explored) if explored else None,
+            # answers cut off by max_tokens: their (last-number) answer is rarely right, and a sampler that
+            # rambles more loses pass@k for that reason alone
+            "length_share": sum(1 for x in lines if x["finish_reason"] == "length") / len(lines),
             "settings": settings,
         }
     labels = list(runs)
@@ -62,7 +65,7 @@ def format_table(summary: dict) -> str:
         ks = "  ".join(f"pass@{k} {v['mean']:.3f}±{v['se']:.3f}" for k, v in s["pass_at_k"].items())
         ex = f"  explored {s['explored_share']:.1%}" if s["explored_share"] is not None else ""
         rows.append(f"{label:9} {s['problems']} problems x {s['samples_per_problem']}  {ks}  "
-                    f"tokens {s['mean_tokens']:.0f}  wall {s['wall_s']:.0f}s{ex}")
+                    f"tokens {s['mean_tokens']:.0f}  cut {s['length_share']:.1%}  wall {s['wall_s']:.0f}s{ex}")
     for pair, by_k in summary["comparisons"].items():
         diffs = "  ".join(f"pass@{k} {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" for k, d in by_k.items())
         rows.append(f"{pair} (paired, 95% bootstrap CI): {diffs}")
