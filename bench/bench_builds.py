@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from _results import save_result
+
 PROMPT = ("Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in "
           "May. How many clips did Natalia sell altogether in April and May?\nAnswer:")
 
@@ -80,9 +81,7 @@ def main() -> None:
     print(f"\n{a.model}, n={a.n} x {a.tokens} tokens, {a.threads} thread(s), median of {a.rounds} rounds")
     print(f"  A {med['a']:.1f} tok/s  ({a.lib_a})\n  B {med['b']:.1f} tok/s  ({a.lib_b})\n"
           f"  B / A: {result['b_over_a']:.3f}x")
-    out = HERE / "results" / f"builds-{a.model}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    save_result(f"builds-{a.model}", result)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import save_result
+
 HERE = Path(__file__).resolve().parent
 PROMPT = "Once upon a time, in a small village by the sea,"
 
@@ -146,9 +148,7 @@ def main() -> None:
         p = result["parallel"]
         print(f"  n=8 parallel {p['parallel_tok_s']:.1f} tok/s vs 8 sequential {p['sequential_tok_s']:.1f} tok/s: "
               f"{p['ratio']:.2f}x  (goal >= 2x)")
-    out = HERE / "results" / f"engine-{a.model}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    save_result(f"engine-{a.model}", result)
 
 
 if __name__ == "__main__":

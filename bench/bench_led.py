@@ -10,14 +10,12 @@ Writes bench/results/led-<model>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-from pathlib import Path
 
 from led_local import Llama, models
 from led_local.benchmark import led_vs_standard
 
-HERE = Path(__file__).resolve().parent
+from _results import save_result
 
 
 def main() -> None:
@@ -32,9 +30,7 @@ def main() -> None:
     print(f"\n{a.model}, 1 thread, GSM8K chat prompt, T=0.6, median of {a.rounds} alternating rounds")
     print(f"  standard {med['standard']:.2f} tok/s, led {med['led']:.2f} tok/s: "
           f"led/standard = {result['led_over_standard']:.3f}x; explored share {statistics.mean(result['explored_share']):.1%}")
-    out = HERE / "results" / f"led-{a.model}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"model": a.model, **result}, indent=2))
+    save_result(f"led-{a.model}", {"model": a.model, **result})
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 
-HERE = Path(__file__).resolve().parent
+from _results import save_result
 
 
 def main() -> None:
@@ -76,8 +75,7 @@ def main() -> None:
            "sampler": a.sampler, "p50_s": statistics.median(lat), "p95_s": lat[max(0, int(0.95 * len(lat)) - 1)],
            "tokens_per_s": tokens / wall, "wall_s": wall, "errors": len(errors), "error_samples": errors[:3]}
     print(json.dumps(out, indent=2))
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / f"server-{a.model}.json").write_text(json.dumps(out, indent=2))
+    save_result(f"server-{a.model}", out)
 
 
 if __name__ == "__main__":
