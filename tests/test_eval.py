@@ -70,6 +70,25 @@ def test_pass_at_k_estimator():
     assert d["mean"] == pytest.approx(1 / 3) and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
 
 
+def test_exploration_by_outcome_compares_within_problems():
+    def line(problem, correct, share):
+        return {"problem": problem, "correct": correct, "explored_share": share}
+    # problem a is easy (little exploration), b hard; only the problems with both outcomes enter the difference
+    lines = [line("a", True, 0.01), line("a", True, 0.03), line("a", False, 0.05),
+             line("b", True, 0.10), line("b", False, 0.14), line("b", False, 0.16),
+             line("c", False, 0.50)]
+    by = report.exploration_by_outcome(lines)
+    assert by["right"] == pytest.approx((0.01 + 0.03 + 0.10) / 3)
+    assert by["wrong"] == pytest.approx((0.05 + 0.14 + 0.16 + 0.50) / 4)
+    d = by["within_problem_wrong_minus_right"]
+    assert d["problems"] == 2 and d["mean"] == pytest.approx(((0.05 - 0.02) + (0.15 - 0.10)) / 2)
+    assert d["se"] == pytest.approx(0.01)  # std of (0.03, 0.05) over sqrt(2)
+    # a sampler that does not explore (standard) has no such figure
+    assert report.exploration_by_outcome([{"problem": "a", "correct": True, "explored_share": None}]) is None
+    row = report._outcome_row("led", by)
+    assert row and "+4.0 ± 1.0 points over 2 problems" in row[0]
+
+
 def _run(llm, out, problems, label="led", n=4, progress=None):
     settings = {"n": n, "sampler": label, "problems": [p.id for p in problems]}
     return runner.run(llm, problems, label=label, sampling=sampling_kwargs(label, temperature=0.8, d=4), n=n, seed=3,

@@ -21,6 +21,25 @@ def load_runs(out_dir: Path) -> dict[str, list[dict]]:
     return runs
 
 
+def exploration_by_outcome(lines: list[dict]) -> dict | None:
+    """How much a sampler explored in its right and in its wrong answers. Pooled shares mix easy and hard
+    problems (hard ones are both less confident and more often wrong), so the headline is the difference
+    wrong - right within each problem that has both, averaged over those problems. It is descriptive: a
+    sample whose reasoning already went wrong is also less confident afterwards and explores more."""
+    shared = [x for x in lines if x.get("explored_share") is not None]
+    if not shared:
+        return None
+    right = [x["explored_share"] for x in shared if x["correct"]]
+    wrong = [x["explored_share"] for x in shared if not x["correct"]]
+    by_problem: dict[str, tuple[list[float], list[float]]] = {}
+    for x in shared:
+        by_problem.setdefault(x["problem"], ([], []))[0 if x["correct"] else 1].append(x["explored_share"])
+    diffs = [sum(w) / len(w) - sum(r) / len(r) for r, w in by_problem.values() if r and w]
+    mean, se = mean_se(diffs) if diffs else (None, None)
+    return {"right": sum(right) / len(right) if right else None, "wrong": sum(wrong) / len(wrong) if wrong else None,
+            "within_problem_wrong_minus_right": {"mean": mean, "se": se, "problems": len(diffs)}}
+
+
 def summarize(out_dir: Path, ks: list[int] | None = None) -> dict:
     runs = load_runs(out_dir)
     summary: dict = {"samplers": {}, "comparisons": {}}
@@ -45,6 +64,7 @@ def summarize(out_dir: Path, ks: list[int] | None = None) -> dict:
             "mean_tokens": sum(x["tokens"] for x in lines) / len(lines),
             "wall_s": sum(x["wall_s"] for x in lines),
             "explored_share": sum(explored) / len(explored) if explored else None,
+            "explored_by_outcome": exploration_by_outcome(lines),
             # answers cut off by max_tokens: their (last-number) answer is rarely right, and a sampler that
             # rambles more loses pass@k for that reason alone
             "length_share": sum(1 for x in lines if x["finish_reason"] == "length") / len(lines),
@@ -66,10 +86,22 @@ def format_table(summary: dict) -> str:
         ex = f"  explored {s['explored_share']:.1%}" if s["explored_share"] is not None else ""
         rows.append(f"{label:9} {s['problems']} problems x {s['samples_per_problem']}  {ks}  "
                     f"tokens {s['mean_tokens']:.0f}  cut {s['length_share']:.1%}  wall {s['wall_s']:.0f}s{ex}")
+        rows.extend(_outcome_row(label, s.get("explored_by_outcome")))
     for pair, by_k in summary["comparisons"].items():
         diffs = "  ".join(f"pass@{k} {d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]" for k, d in by_k.items())
         rows.append(f"{pair} (paired, 95% bootstrap CI): {diffs}")
     return "\n".join(rows)
+
+
+def _outcome_row(label: str, by: dict | None) -> list[str]:
+    if not by or by["right"] is None or by["wrong"] is None:
+        return []
+    d = by["within_problem_wrong_minus_right"]
+    within = ""
+    if d["problems"] >= 2:
+        within = (f"; wrong - right within a problem {100 * d['mean']:+.1f} ± {100 * d['se']:.1f} points "
+                  f"over {d['problems']} problems")
+    return [f"{label:9} explored {by['right']:.1%} of tokens in right answers, {by['wrong']:.1%} in wrong ones{within}"]
 
 
 def plot(summary: dict, path: Path) -> Path:
