@@ -26,9 +26,7 @@ typedef struct led_sampler_state {
     float   * explore;       // [k]
     float   * exploit;       // [k]
 
-    bool    last_explored;
-    int32_t last_depth;
-    float   last_p_top1;
+    led_sampler_step_info last;  // its arrays point at cand and at explore or exploit
 } led_sampler_state;
 
 // --- random numbers ----------------------------------------------------------------------------------
@@ -82,9 +80,10 @@ static int32_t led_sampler_step(led_sampler_state * st) {
     const float p_exploit = led_p_exploit(p_top1, p->exploit, allowed);
     const bool explored = u_coin < 1.0f - p_exploit;
 
-    st->last_explored = explored;
-    st->last_depth    = 0;
-    st->last_p_top1   = p_top1;
+    st->last = (led_sampler_step_info) {
+        .explored = explored, .latent_head = false, .depth = 0, .p_top1 = p_top1, .u_coin = u_coin,
+        .u_sample = u_sample, .n_cand = n, .candidates = st->cand, .probs = st->exploit,
+    };
 
     const float * probs;
     if (!explored) {
@@ -97,6 +96,7 @@ static int32_t led_sampler_step(led_sampler_state * st) {
             if (zl == NULL) {
                 return -1;
             }
+            st->last.latent_head = true;
             for (int32_t j = 1; j < p->d; j++) {
                 const float * zj = zl + (int64_t) (j - 1) * st->n_vocab;
                 const led_row_norm norm = led_row_normalize(zj, st->n_vocab, p->temperature);
@@ -105,7 +105,8 @@ static int32_t led_sampler_step(led_sampler_state * st) {
                 }
             }
         }
-        st->last_depth = led_explore_distribution(st->ws->q, p->d, n, st->explore, st->ws->s, st->ws->p);
+        st->last.depth = led_explore_distribution(st->ws->q, p->d, n, st->explore, st->ws->s, st->ws->p);
+        st->last.probs = st->explore;
         probs = st->explore;
     }
     // step 9
@@ -262,11 +263,8 @@ int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * c
     return token;
 }
 
-void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_t * depth, float * p_top1) {
-    const led_sampler_state * st = smpl->ctx;
-    *explored = st->last_explored;
-    *depth    = st->last_depth;
-    *p_top1   = st->last_p_top1;
+void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info) {
+    *info = ((const led_sampler_state *) smpl->ctx)->last;
 }
 
 // --- DoLa --------------------------------------------------------------------------------------------

@@ -38,8 +38,20 @@ void led_sampler_set_row(struct llama_sampler * smpl, int32_t row);
 // Returns the token, or -1 when the context has no latent rows for an exploring step.
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 
-// What the last step did: explored or not, m*, the final layer's top-1 probability.
-void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_t * depth, float * p_top1);
+// What the last step did, for traces and for checking a real generation step by step against led_step
+// (LED_SPEC.md steps 8-9). The arrays belong to the sampler and hold until its next step.
+typedef struct led_sampler_step_info {
+    bool    explored;              // the coin's branch
+    bool    latent_head;           // the step read the latent logits (only exploring steps with d > 1 do)
+    int32_t depth;                 // m*, 0 when exploiting
+    float   p_top1;                // the final layer's top-1 probability (full vocabulary, at T)
+    float   u_coin;                // the step's two uniform draws: the coin (step 8) ...
+    float   u_sample;              // ... and the token (step 9)
+    int32_t n_cand;                // min(k, V)
+    const int32_t * candidates;    // [n_cand] step 3's candidates
+    const float   * probs;         // [n_cand] the distribution the token was drawn from: P_{m*} or r_0
+} led_sampler_step_info;
+void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info);
 
 // DoLa over the m premature rows the context hands out (llama_set_latents with in-graph logits), followed
 // by `chain` (temperature, top-k, top-p, ... or greedy) on the contrasted logits, as transformers applies

@@ -99,7 +99,11 @@ typedef struct led_sampler_params {
 } led_sampler_params;
 struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
-void led_sampler_last(const struct llama_sampler * smpl, bool * explored, int32_t * depth, float * p_top1);
+typedef struct led_sampler_step_info {
+    bool explored; bool latent_head; int32_t depth; float p_top1; float u_coin; float u_sample;
+    int32_t n_cand; const int32_t * candidates; const float * probs;
+} led_sampler_step_info;
+void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info);
 struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, struct llama_sampler * chain);
 int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 int32_t dola_sampler_last(const struct llama_sampler * smpl);
@@ -110,6 +114,7 @@ int32_t llama_set_latents(struct llama_context * ctx, const int32_t * layers, in
 int32_t llama_n_latents(const struct llama_context * ctx);
 float * llama_get_latent_states_ith(struct llama_context * ctx, int32_t i);
 float * llama_get_latent_logits_ith(struct llama_context * ctx, int32_t i);
+int64_t llama_n_latent_head_rows(const struct llama_context * ctx);
 """
 
 ffi = FFI()
@@ -206,10 +211,14 @@ def led_sampler_new(llama, d: int, k: int, temperature: float, exploit: bool, th
     return lib().led_sampler_new(llama._ctx, params)  # the sampler copies the marker
 
 
-def led_sampler_last(handle) -> tuple[bool, int, float]:
-    explored, depth, p_top1 = ffi.new("bool *"), ffi.new("int32_t *"), ffi.new("float *")
-    lib().led_sampler_last(handle, explored, depth, p_top1)
-    return bool(explored[0]), int(depth[0]), float(p_top1[0])
+def led_sampler_last(handle) -> dict:
+    """The last step of a native LED sampler (csrc/led_sampler.h, led_sampler_step_info) as plain values."""
+    info = ffi.new("led_sampler_step_info *")
+    lib().led_sampler_last(handle, info)
+    n = info.n_cand if info.candidates != ffi.NULL and info.probs != ffi.NULL else 0
+    return {"explored": bool(info.explored), "depth": int(info.depth), "p_top1": float(info.p_top1),
+            "u_coin": float(info.u_coin), "u_sample": float(info.u_sample), "latent_head": bool(info.latent_head),
+            "candidates": [int(info.candidates[i]) for i in range(n)], "probs": [float(info.probs[i]) for i in range(n)]}
 
 
 def dola_contrast(final_logits, premature):

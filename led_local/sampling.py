@@ -91,7 +91,7 @@ class LEDConfig:
                 raise ValueError(f"LEDConfig.{name} must be a positive integer, got {v!r}")
         for name in ("latent_norm", "exploit", "think_only"):
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"LEDConfig.{name} must be True or False, got {getattr(self, name)!r}")
+                raise ValueError(f"LEDConfig.{name} must be True or False, got {getattr(self, name)!r}")
         if self.layers is not None:
             layers = tuple(self.layers)
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
@@ -111,7 +111,7 @@ class LEDConfig:
             if unknown:
                 raise ValueError(f"unknown LED settings: {', '.join(sorted(unknown))}")
             return cls(**value)
-        raise TypeError(f"led must be an LEDConfig or a dict, got {value!r}")
+        raise ValueError(f"led must be an LEDConfig or a dict, got {value!r}")
 
     def latent_layers(self, llama) -> tuple[int, ...]:
         """The blocks to read, checked against the model (a clear error at configuration time)."""
@@ -154,8 +154,9 @@ class LEDSampling:
         return token
 
     def trace(self, handle) -> dict:
-        explored, depth, p_top1 = _native.led_sampler_last(handle)
-        return {"explored": explored, "depth": depth, "p_top1": p_top1}
+        # explored, depth m*, p_top1, the two draws, whether the latent head ran, the candidates and the
+        # distribution the token was drawn from: enough to replay the step with led_step
+        return _native.led_sampler_last(handle)
 
 
 def dola_candidate_layers(n_layer: int, tied: bool, dola_layers: str | list[int]) -> list[int]:
