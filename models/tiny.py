@@ -3,7 +3,10 @@
 They are written in well under a second with `gguf`, so tests never need a download. Every weight is
 f32 (or the chosen head type), so numpy can recompute what llama.cpp computes.
 
-    python models/tiny.py OUT.gguf [--arch llama|qwen2] [--untied] [--think]
+    python models/tiny.py OUT.gguf [--arch llama|qwen2|qwen3|gemma2] [--untied] [--think] [--layers N]
+
+qwen3 adds its per-head q/k norms; gemma2 (always tied) its post-norms and the final logit soft-capping
+that LED's f must replay on the latent rows.
 
 The vocabulary is byte-level BPE (GPT-2 byte-to-unicode mapping): the 256 byte tokens, a few merges,
 and the special tokens of a ChatML template (`<|im_start|>`, `<|im_end|>`), plus `<think>`/`</think>`
@@ -26,12 +29,13 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+ARCHS = ("llama", "qwen2", "qwen3", "gemma2")
 MERGES = ["Ġ t", "h e", "Ġ a", "i n", "Ġt he", "e r", "o n", "Ġ s", "r e", "a t"]
 
 
 @dataclass(frozen=True)
 class TinySpec:
-    arch: str = "llama"          # "llama" or "qwen2"
+    arch: str = "llama"          # "llama", "qwen2", "qwen3" or "gemma2"
     n_layer: int = 4
     n_embd: int = 64
     n_head: int = 4
@@ -46,6 +50,7 @@ class TinySpec:
     chat_template: bool = True   # write the ChatML template (off: a base model)
     think_bias: float = 0.0      # qwen2 only: an output.bias that makes `</think>` likely (tests of think_only)
     eog_bias: float = 0.0        # qwen2 only: output.bias on the end-of-generation tokens (< 0: long outputs)
+    logit_softcap: float = 0.0   # gemma2 only: final logits become cap * tanh(logits / cap)
 
 
 def _byte_tokens() -> list[str]:
@@ -71,6 +76,12 @@ def vocabulary(think: bool) -> tuple[list[str], list[int]]:
 
 def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     path = Path(path)
+    if spec.arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {spec.arch!r}")
+    if spec.arch == "gemma2" and (not spec.tied or not spec.logit_softcap):
+        raise ValueError("gemma2 ties its head and needs logit_softcap > 0")
+    if spec.logit_softcap and spec.arch != "gemma2":
+        raise ValueError("logit_softcap needs arch='gemma2' (its builder soft-caps the final logits)")
     rng = np.random.default_rng(spec.seed)
     tokens, types = vocabulary(spec.think)
     n_vocab = len(tokens)
@@ -95,6 +106,10 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if spec.arch == "gemma2":
+        writer.add_float32(f"{spec.arch}.final_logit_softcapping", spec.logit_softcap)
+        writer.add_float32(f"{spec.arch}.attn_logit_softcapping", 50.0)
+        writer.add_uint32(f"{spec.arch}.attention.sliding_window", spec.n_ctx_train)
 
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
@@ -133,7 +148,13 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
             writer.add_tensor(p + "attn_q.bias", (0.1 * rng.standard_normal(spec.n_embd)).astype(np.float32))
             writer.add_tensor(p + "attn_k.bias", (0.1 * rng.standard_normal(kv)).astype(np.float32))
             writer.add_tensor(p + "attn_v.bias", (0.1 * rng.standard_normal(kv)).astype(np.float32))
+        if spec.arch == "qwen3":
+            writer.add_tensor(p + "attn_q_norm.weight", (1.0 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32))
+            writer.add_tensor(p + "attn_k_norm.weight", (1.0 + 0.1 * rng.standard_normal(head_dim)).astype(np.float32))
         writer.add_tensor(p + "attn_output.weight", w(spec.n_embd, spec.n_embd))
+        if spec.arch == "gemma2":
+            writer.add_tensor(p + "post_attention_norm.weight", norm_weight())
+            writer.add_tensor(p + "post_ffw_norm.weight", norm_weight())
         writer.add_tensor(p + "ffn_norm.weight", norm_weight())
         writer.add_tensor(p + "ffn_gate.weight", w(spec.n_ff, spec.n_embd))
         writer.add_tensor(p + "ffn_up.weight", w(spec.n_ff, spec.n_embd))
@@ -149,13 +170,15 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
-    ap.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    ap.add_argument("--arch", choices=ARCHS, default="llama")
     ap.add_argument("--untied", action="store_true", help="separate output.weight instead of a tied head")
     ap.add_argument("--think", action="store_true", help="add <think> and </think> tokens")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--softcap", type=float, default=0.0, help="gemma2's final logit soft-capping")
     a = ap.parse_args()
-    write_tiny_model(a.out, TinySpec(arch=a.arch, tied=not a.untied, think=a.think, n_layer=a.layers, seed=a.seed))
+    write_tiny_model(a.out, TinySpec(arch=a.arch, tied=not a.untied, think=a.think, n_layer=a.layers, seed=a.seed,
+                                     logit_softcap=a.softcap if a.arch != "gemma2" or a.softcap else 30.0))
 
 
 if __name__ == "__main__":

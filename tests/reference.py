@@ -1,4 +1,4 @@
-"""An independent numpy forward pass of the tiny models (llama / qwen2 builders of llama.cpp), used to
+"""An independent numpy forward pass of the tiny models (llama / qwen2 / qwen3 builders of llama.cpp), used to
 check the hidden states our patch hands out, and GGUF head weights dequantized with `gguf`."""
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def forward(path, tokens: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
     eps = float(field_value(reader, f"{arch}.attention.layer_norm_rms_epsilon"))
     base = float(field_value(reader, f"{arch}.rope.freq_base"))
     n_layer = int(field_value(reader, f"{arch}.block_count"))
-    neox = arch == "qwen2"
+    neox = arch in ("qwen2", "qwen3")
 
     x = t["token_embd.weight"][tokens]
     n_tok, n_embd = x.shape
@@ -76,8 +76,11 @@ def forward(path, tokens: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
         p = f"blk.{il}."
         xn = rms_norm(x, t[p + "attn_norm.weight"], eps)
         q, k, v = (xn @ t[p + f"attn_{c}.weight"].T + t.get(p + f"attn_{c}.bias", 0.0) for c in "qkv")
-        q = _rope(q.reshape(n_tok, n_head, hd), pos, base, neox)
-        k = _rope(k.reshape(n_tok, n_head_kv, hd), pos, base, neox)
+        q, k = q.reshape(n_tok, n_head, hd), k.reshape(n_tok, n_head_kv, hd)
+        if p + "attn_q_norm.weight" in t:  # qwen3: an RMS norm over each head before RoPE
+            q = rms_norm(q, t[p + "attn_q_norm.weight"], eps)
+            k = rms_norm(k, t[p + "attn_k_norm.weight"], eps)
+        q, k = _rope(q, pos, base, neox), _rope(k, pos, base, neox)
         v = v.reshape(n_tok, n_head_kv, hd)
         group = n_head // n_head_kv
         att = np.empty((n_tok, n_head, hd))
