@@ -167,28 +167,36 @@ class Llama:
     # --- model facts ----------------------------------------------------------------------------------
 
     def n_vocab(self) -> int:
+        self._check_open()
         return self._lib.llama_vocab_n_tokens(self._vocab)
 
     def n_layer(self) -> int:
+        self._check_open()
         return self._lib.llama_model_n_layer(self._model)
 
     def n_embd(self) -> int:
+        self._check_open()
         return self._lib.llama_model_n_embd(self._model)
 
     def n_ctx_train(self) -> int:
+        self._check_open()
         return self._lib.llama_model_n_ctx_train(self._model)
 
     def token_bos(self) -> int:
+        self._check_open()
         return self._lib.llama_vocab_bos(self._vocab)
 
     def token_eos(self) -> int:
+        self._check_open()
         return self._lib.llama_vocab_eos(self._vocab)
 
     def is_eog(self, token: int) -> bool:
+        self._check_open()
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
 
     def token_text(self, token: int) -> str:
         """The vocabulary's own spelling of a token (special tokens included)."""
+        self._check_open()
         return ffi.string(self._lib.llama_vocab_get_text(self._vocab, token)).decode("utf-8", "replace")
 
     def head_is_tied(self) -> bool:
@@ -210,6 +218,7 @@ class Llama:
         return []
 
     def chat_template(self) -> str | None:
+        self._check_open()
         raw = self._lib.llama_model_chat_template(self._model, ffi.NULL)
         return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8")
 
@@ -241,6 +250,7 @@ class Llama:
         raise RuntimeError("tokenization failed")
 
     def token_to_bytes(self, token: int, special: bool = False) -> bytes:
+        self._check_open()
         buf = ffi.new("char[]", 64)
         n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
@@ -279,6 +289,11 @@ class Llama:
         lib = self._lib
         outputs: list[int] = []
         for start in range(0, len(entries), self.n_batch):
+            # the context reserves n_seq_max output rows (which bounds the latent rows' buffers); llama.cpp
+            # aborts the process on a decode that asks for more
+            wanted = sum(1 for e in entries[start : start + self.n_batch] if e[3])
+            if wanted > self.n_seq_max:
+                raise ValueError(f"a decode may ask for at most n_seq_max={self.n_seq_max} outputs, got {wanted}")
             lib.led_batch_clear(self._batch)
             outputs = []
             for token, pos, seq, out in entries[start : start + self.n_batch]:
@@ -313,6 +328,12 @@ class Llama:
         if self._lib.llama_set_latents(self._ctx, arr, len(layers), with_logits, norm) != 0:
             raise ValueError(f"invalid latent layers {list(layers)} for a model with {self.n_layer()} blocks")
         self._latent_setting = setting
+
+    def latent_head_rows(self) -> int:
+        """How many rows the LM head has run over for the latent readout since this Llama was made (in the
+        decode graph, or on demand for one row). Exact LED adds one per exploring step and none otherwise."""
+        self._check_open()
+        return int(self._lib.llama_n_latent_head_rows(self._ctx))
 
     def validate_layers(self, layers: Sequence[int], allow_embeddings: bool = False) -> list[int]:
         """Block indices 0..n_layer-1 (and -1, the token embeddings entering block 0, when allowed)."""
