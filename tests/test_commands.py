@@ -4,7 +4,9 @@ real pseudo-terminal (pexpect), typing as a person would."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,7 +16,8 @@ import pexpect
 import pytest
 
 from led_local import Llama
-from led_local.diagnostics import entropy_profile, normalized_entropy
+from led_local.commands.chat import ThinkStyler
+from led_local.diagnostics import EntropyProfile, entropy_profile, normalized_entropy
 
 
 def _cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
@@ -43,6 +46,33 @@ def test_normalized_entropy():
     z = np.full((1, 50), -np.inf)
     z[0, 3] = 0
     assert normalized_entropy(z, 1.0)[0] == pytest.approx(0.0)
+    # the temperature divides the logits: [0, 1, 2] at T = 0.5 is softmax([0, 2, 4]), by hand
+    e = [math.exp(x) for x in (0.0, 2.0, 4.0)]
+    p = [x / sum(e) for x in e]
+    by_hand = -sum(q * math.log(q) for q in p) / math.log(3)
+    z = np.array([[0.0, 1.0, 2.0]])
+    assert normalized_entropy(z, 0.5)[0] == pytest.approx(by_hand, rel=1e-12)
+    assert normalized_entropy(z, 1.0)[0] > by_hand + 0.1
+    assert normalized_entropy(z, 0.0)[0] == pytest.approx(normalized_entropy(z, 1.0)[0])  # T = 0 reads as 1
+
+
+def _profile(raw_led: float, normed_led: float, final: float) -> EntropyProfile:
+    raw, normed = np.full(12, 0.05), np.full(12, 0.05)
+    blocks = [10, 9, 8, 7, 6, 5, 4]
+    raw[blocks], normed[blocks] = raw_led, normed_led
+    return EntropyProfile(blocks=list(range(12)), raw=raw, normed=normed, final=final, mean_top1=0.9, tokens=10,
+                          temperature=0.6, led_blocks=blocks)
+
+
+def test_entropy_profile_verdict():
+    yes = _profile(raw_led=0.4, normed_led=0.1, final=0.2)
+    assert yes.has_reservoir and yes.verdict().startswith("This model HAS")
+    assert "blocks 4-10" in yes.verdict() and "0.400" in yes.verdict() and "0.200" in yes.verdict()
+    no = _profile(raw_led=0.1, normed_led=0.1, final=0.2)
+    assert not no.has_reservoir and "NO latent entropy reservoir" in no.verdict()
+    assert "--latent-norm" not in no.verdict()
+    hint = _profile(raw_led=0.1, normed_led=0.5, final=0.2)  # only the normed lens is above the final layer
+    assert not hint.has_reservoir and "try --latent-norm" in hint.verdict()
 
 
 def test_entropy_profile_command(tmp_path, tiny_paths):
@@ -55,9 +85,14 @@ def test_entropy_profile_command(tmp_path, tiny_paths):
 
 
 def test_bench_command(tiny_paths):
-    r = _cli("bench", "--model", str(tiny_paths["qwen2-led"]), "--tokens", "6", "--rounds", "1")
-    assert r.returncode != 0 or "led/standard" in r.stdout
+    r = _cli("bench", "--model", str(tiny_paths["llama-deep"]), "--tokens", "6", "--rounds", "2")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"standard ([\d.]+) tok/s, led ([\d.]+) tok/s: led/standard = ([\d.]+)x", r.stdout)
+    assert m and all(float(x) > 0 for x in m.groups())
+    assert float(m.group(3)) == pytest.approx(float(m.group(2)) / float(m.group(1)), rel=0.02)
+    assert "median of 2 alternating rounds" in r.stdout
     # LED's default d=8 does not fit a 4-block model: a clear error, not a crash
+    r = _cli("bench", "--model", str(tiny_paths["qwen2-led"]), "--tokens", "6", "--rounds", "1")
     assert r.returncode == 2 and "d=8" in r.stderr
 
 
@@ -130,6 +165,40 @@ def test_chat_repl(repl, tmp_path):
     c.expect(pexpect.EOF)
     c.wait()
     assert c.exitstatus == 0
+
+
+def test_think_sections_are_told_apart_across_chunks():
+    """What chat dims (or hides): the text inside <think>...</think>, tags included, even when a tag is split
+    across streamed chunks."""
+    styler = ThinkStyler()
+    pieces = []
+    for chunk in ["Hi <th", "ink>let me", " see</thi", "nk>The answer", " is 4 <", "b>"]:
+        pieces += styler.feed(chunk)
+    pieces += styler.feed("", final=True)
+    merged: list[list] = []
+    for text, thinking in pieces:
+        if merged and merged[-1][1] == thinking:
+            merged[-1][0] += text
+        else:
+            merged.append([text, thinking])
+    assert merged == [["Hi ", False], ["<think>let me see</think>", True], ["The answer is 4 <b>", False]]
+
+
+def test_chat_reset_and_history(repl, tmp_path):
+    c = repl
+    c.sendline("first question")
+    c.expect("you> ")
+    c.sendline("/reset")
+    c.expect("you> ")
+    save = tmp_path / "after-reset.json"
+    c.sendline(f"/save {save}")
+    c.expect("saved to")
+    c.expect("you> ")
+    assert json.loads(save.read_text())["messages"] == []  # the conversation is gone
+    leave(c)
+    c.expect(pexpect.EOF)
+    history = (tmp_path / "cache" / "chat_history").read_text()
+    assert "+first question" in history and "+/reset" in history  # prompt_toolkit's history file
 
 
 def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(tiny_paths, tmp_path):

@@ -70,23 +70,57 @@ def test_candidate_layers_follow_transformers(n, tied, which, expected):
     assert dola_candidate_layers(n, tied, which) == expected
 
 
-@pytest.mark.parametrize("name, which", [("llama-untied", "low"), ("llama-untied", "high"), ("llama-tied", "low")])
-def test_greedy_dola_equals_reference_decode(tiny_paths, name, which):
-    """Greedy DoLa token by token against the numpy port fed with the engine's own layer readout."""
+def reference_dola_decode(llm, prompt: str, which, n: int, repeat_penalty: float = 1.0) -> tuple[list[int], list[int]]:
+    """Greedy DoLa token by token with the numpy port, fed with the engine's own layer readout: (tokens, the
+    premature layer of each step in transformers' numbering). A repetition penalty, as llama.cpp's applies
+    it over the generated tokens (positive logits divided, negative multiplied), runs on the contrast."""
+    cands = dola_candidate_layers(llm.n_layer(), llm.head_is_tied(), which)
+    tokens = llm.tokenize(prompt, special=True)
+    out, chosen = [], []
+    for _ in range(n):
+        r = llm.latents(tokens + out, layers=[layer - 1 for layer in cands])  # 0 -> the embeddings (-1)
+        contrast, best = hf_select_contrast(r.logits, r.final_logits)
+        for t in set(out[-64:]):
+            contrast[t] = contrast[t] / repeat_penalty if contrast[t] > 0 else contrast[t] * repeat_penalty
+        out.append(int(np.argmax(contrast)))
+        chosen.append(cands[best])
+        if llm.is_eog(out[-1]):
+            break
+    return out, chosen
+
+
+@pytest.mark.parametrize("name, which, varies", [("llama-untied", "low", False), ("llama-untied", "high", False),
+                                                 ("llama-tied", "low", False), ("llama-deep", "low", True),
+                                                 ("llama-deep", "high", False)])
+def test_greedy_dola_equals_reference_decode(tiny_paths, name, which, varies):
+    """Greedy DoLa against the numpy port: the tokens and, step by step, the premature layer it chose."""
     with Llama(tiny_paths[name], n_threads=1, n_ctx=512) as llm:
-        cands = dola_candidate_layers(llm.n_layer(), llm.head_is_tied(), which)
         out = llm.create_completion("the cat", max_tokens=12, temperature=0.0, sampler="dola", dola_layers=which,
                                     trace=True)
-        got = [t["token"] for t in out["choices"][0]["led_trace"]["steps"]]
-        tokens = llm.tokenize("the cat", special=True)
-        ref = []
-        for _ in range(len(got)):
-            r = llm.latents(tokens + ref, layers=[layer - 1 for layer in cands])  # 0 -> the embeddings (-1)
-            contrast, best = hf_select_contrast(r.logits, r.final_logits)
-            ref.append(int(np.argmax(contrast)))
-            if llm.is_eog(ref[-1]):
-                break
-    assert got == ref
+        steps = out["choices"][0]["led_trace"]["steps"]
+        ref, chosen = reference_dola_decode(llm, "the cat", which, len(steps))
+        cands = dola_candidate_layers(llm.n_layer(), llm.head_is_tied(), which)
+    assert [t["token"] for t in steps] == ref
+    assert [t["premature"] for t in steps] == chosen
+    if varies:  # here the Jensen-Shannon choice moves between layers: a fixed layer could not pass
+        assert len(cands) > 1 and len(set(chosen)) > 1
+
+
+def test_dola_chain_runs_on_the_contrast(tiny_paths):
+    """After the contrast, the ordinary chain: top-k 1 at T = 1 is greedy DoLa (not greedy decoding of the
+    final layer), and a repetition penalty acts on the contrasted logits."""
+    with Llama(tiny_paths["llama-deep"], n_threads=1, n_ctx=512) as llm:
+        kw = dict(max_tokens=16, sampler="dola", dola_layers="high", trace=True)
+        greedy = llm.create_completion("the cat", temperature=0.0, **kw)
+        top1 = llm.create_completion("the cat", temperature=1.0, top_k=1, seed=3, **kw)
+        plain = llm.create_completion("the cat", max_tokens=16, temperature=0.0)
+        assert top1["choices"][0]["text"] == greedy["choices"][0]["text"] != plain["choices"][0]["text"]
+        # below 1 the penalty favours what was already said: it must bite within 16 tokens
+        penalized = llm.create_completion("the cat", temperature=0.0, repeat_penalty=0.3, **kw)
+        got = [t["token"] for t in penalized["choices"][0]["led_trace"]["steps"]]
+        ref, _ = reference_dola_decode(llm, "the cat", "high", len(got), repeat_penalty=0.3)
+        assert got == ref
+        assert got != [t["token"] for t in greedy["choices"][0]["led_trace"]["steps"]]  # the penalty mattered
 
 
 def test_dola_sampling_on_smollm2(smollm2_path):

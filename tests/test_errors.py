@@ -103,6 +103,11 @@ def test_closed_llama(tiny_path):
         m.create_completion("x")
     with pytest.raises(RuntimeError, match="closed"):
         m.tokenize("x")
+    # every model fact and token helper says so too, instead of reading a freed model
+    for call in (m.n_vocab, m.n_layer, m.n_embd, m.n_ctx_train, m.token_bos, m.token_eos, m.chat_template,
+                 lambda: m.is_eog(0), lambda: m.token_text(0), lambda: m.token_to_bytes(0), m.latent_head_rows):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -120,6 +120,39 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, tiny_paths):
     assert len(on_disk) == len(clean) == 16
 
 
+def test_each_sample_has_its_own_seed(tmp_path, tiny_paths):
+    """Sample i of problem p is drawn with seed + p*n + i (written out here), and its text is what a direct
+    call with that seed gives: no two problems share seeds."""
+    problems = data.load(MINI, limit=3)
+    with Llama(tiny_paths["qwen2-untied-think"], n_threads=1, n_seq_max=4, n_ctx=2048) as llm:
+        lines = _run(llm, tmp_path, problems, n=4)
+        for line in lines:
+            assert line["seed"] == 3 + line["problem_index"] * 4 + line["sample"]
+        p2s1 = next(x for x in lines if x["problem_index"] == 2 and x["sample"] == 1)
+        direct = llm.create_chat_completion(problems[2].messages(), n=1, seed=3 + 2 * 4 + 1, max_tokens=12,
+                                            **sampling_kwargs("led", temperature=0.8, d=4))
+    assert p2s1["text"] == direct["choices"][0]["message"]["content"]
+    assert len({x["seed"] for x in lines}) == len(lines) == 12
+
+
+def test_summary_pass_at_k_from_mixed_outcomes(tmp_path):
+    """pass@k and its standard error over problems, from the `correct` flags, against values by hand."""
+    flags = {"a": [True, False, False, False], "b": [True, True, False, False], "c": [False] * 4}
+    runner.write_json_atomic(runner.settings_path(tmp_path, "led"), {"n": 4})
+    with open(runner.samples_path(tmp_path, "led"), "w") as f:
+        for p_index, (pid, fl) in enumerate(flags.items()):
+            for i, ok in enumerate(fl):
+                f.write(json.dumps({"problem": pid, "problem_index": p_index, "sample": i, "correct": ok,
+                                    "tokens": 10, "finish_reason": "stop", "wall_s": 0.1,
+                                    "explored_share": None}) + "\n")
+    s = report.summarize(tmp_path, ks=[1, 2, 4])["samplers"]["led"]["pass_at_k"]
+    # pass@1 = c/n per problem: 1/4, 2/4, 0; pass@2 = 1 - C(n-c, 2)/C(4, 2): 1 - 3/6, 1 - 1/6, 0; pass@4: 1, 1, 0
+    for k, per in {"1": [0.25, 0.5, 0.0], "2": [0.5, 5 / 6, 0.0], "4": [1.0, 1.0, 0.0]}.items():
+        mean = sum(per) / 3
+        se = math.sqrt(sum((x - mean) ** 2 for x in per) / 2) / math.sqrt(3)
+        assert s[k]["mean"] == pytest.approx(mean) and s[k]["se"] == pytest.approx(se), k
+
+
 def test_settings_must_match_to_resume(tmp_path, tiny_paths):
     problems = data.load(MINI, limit=1)
     with Llama(tiny_paths["llama-tied"], n_threads=1, n_seq_max=4) as llm:

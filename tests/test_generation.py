@@ -97,11 +97,12 @@ def test_stop_strings(smol):
     assert streamed == r["choices"][0]["text"]
 
 
-def test_max_tokens_length(tiny):
-    r = tiny.create_completion("the", max_tokens=5, temperature=1.0, seed=1, n=3)
+def test_max_tokens_length(tiny_paths):
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_seq_max=3) as llm:  # never ends on its own
+        r = llm.create_completion("the", max_tokens=5, temperature=1.0, seed=1, n=3, trace=True)
     for c in r["choices"]:
-        assert c["finish_reason"] in ("length", "stop")
-    assert r["usage"]["completion_tokens"] <= 15
+        assert c["finish_reason"] == "length" and len(c["led_trace"]["steps"]) == 5
+    assert r["usage"]["completion_tokens"] == 15
 
 
 def test_context_fills_up_cleanly(tiny_paths):
@@ -138,7 +139,19 @@ def test_tokenize_roundtrip(smol):
 
 
 def test_utf8_split_across_tokens_streams_whole_characters(tiny):
-    # byte-level vocab: multi-byte characters arrive one byte per token; deltas never split them
-    for chunk in tiny.create_completion("é", max_tokens=30, temperature=1.5, seed=4, stream=True):
-        for c in chunk["choices"]:
-            c["text"].encode("utf-8")
+    """Byte-level vocabulary: a multi-byte character arrives one byte per token. The streamed deltas decode
+    the bytes as one stream (a character split across tokens comes out whole), exactly as the whole output
+    decodes at once."""
+    found = 0
+    for seed in range(40):
+        kw = dict(max_tokens=40, temperature=1.5, seed=seed, top_k=0, top_p=1.0, min_p=0.0)
+        chunks = [c["choices"][0]["text"] for c in tiny.create_completion("é", stream=True, trace=True, **kw)
+                  if c["choices"]]
+        tokens = [t["token"] for t in tiny.create_completion("é", trace=True, **kw)["choices"][0]["led_trace"]["steps"]]
+        data = b"".join(tiny.token_to_bytes(t) for t in tokens if not tiny.is_eog(t))
+        assert "".join(chunks) == data.decode("utf-8", errors="replace")
+        # a valid multi-byte character whose bytes came from different tokens
+        text = data.decode("utf-8", errors="replace")
+        found += any(ord(ch) > 127 and ch != "\ufffd" for ch in text) and any(
+            len(tiny.token_to_bytes(t)) == 1 and tiny.token_to_bytes(t)[0] >= 0xC2 for t in tokens)
+    assert found >= 1  # the case the test is named after really happened

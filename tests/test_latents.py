@@ -16,7 +16,8 @@ def _rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "qwen2-untied-think", "qwen2-think-bias"])
+@pytest.mark.parametrize("name", ["llama-tied", "llama-untied", "qwen2-untied-think", "qwen2-think-bias",
+                                  "qwen3-untied", "gemma2-softcap"])
 @pytest.mark.parametrize("norm", [False, True])
 def test_latent_logits_equal_head_over_states(tiny_paths, name, norm):
     path = tiny_paths[name]
@@ -31,10 +32,14 @@ def test_latent_logits_equal_head_over_states(tiny_paths, name, norm):
     if norm:
         h = rms_norm(h, tensors["output_norm.weight"], eps)
     expected = h @ head_weight(tensors).T + tensors.get("output.bias", 0.0)  # f: the head's bias, if any
+    cap = float(field_value(reader, f"{arch}.final_logit_softcapping")) if arch == "gemma2" else 0.0
+    if cap:
+        assert np.abs(expected).max() > 2 * cap  # the cap really bends these rows
+        expected = cap * np.tanh(expected / cap)  # f: gemma2's final logit soft-capping
     assert _rel_err(r.logits, expected) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["llama-tied", "qwen2-untied-think"])
+@pytest.mark.parametrize("name", ["llama-tied", "qwen2-untied-think", "qwen3-untied"])
 def test_hidden_states_match_numpy_forward(tiny_paths, name):
     path = tiny_paths[name]
     with Llama(path, n_threads=1) as llm:
@@ -160,4 +165,29 @@ def test_head_on_demand_equals_head_in_graph(tiny_paths, smollm2_path, norm):
             assert ptr != ffi.NULL
             lazy = np.frombuffer(ffi.buffer(ptr, 4 * len(layers) * llm.n_vocab()), np.float32).reshape(len(layers), -1)
             np.testing.assert_allclose(lazy, in_graph.logits, rtol=1e-5, atol=1e-5 * np.abs(in_graph.logits).max())
+            llm._set_latents((), False, False)
+
+
+def test_latent_rows_are_bounded_by_n_seq_max(tiny_path):
+    """The context reserves n_seq_max output rows (one per parallel sequence), which bounds the latent
+    buffers at n_vocab x n_latent x n_seq_max: a decode asking for more outputs is refused with a clear error
+    (llama.cpp itself would abort), and within the bound every row has its own, right latents."""
+    from led_local._native import ffi
+    with Llama(tiny_path, n_threads=1, n_seq_max=2) as llm:
+        toks = llm.tokenize(PROMPT)
+        ref = [llm.latents(toks[: n], layers=[2, 0]) for n in (len(toks) - 1, len(toks))]
+        llm._set_latents([2, 0], True, False)
+        try:
+            llm.reset()
+            with pytest.raises(ValueError, match="at most n_seq_max=2 outputs"):
+                llm._decode([(t, i, 0, i >= len(toks) - 3) for i, t in enumerate(toks)])  # 3 outputs
+            llm.reset()
+            rows = llm._decode([(t, i, 0, i >= len(toks) - 2) for i, t in enumerate(toks)])  # 2 outputs
+            assert len(rows) == 2
+            for row, want in zip(rows, ref):
+                ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, row)
+                assert ptr != ffi.NULL
+                got = np.frombuffer(ffi.buffer(ptr, 4 * 2 * llm.n_vocab()), np.float32).reshape(2, -1)
+                np.testing.assert_allclose(got, want.logits, rtol=1e-4, atol=1e-4)
+        finally:
             llm._set_latents((), False, False)

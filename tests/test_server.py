@@ -81,13 +81,61 @@ def test_completions_and_n(client):
     assert streamed == [c.text for c in r.choices]
 
 
-def test_led_and_dola_fields(client):
-    r = client.chat.completions.create(model="x", messages=CHAT, max_tokens=10, temperature=0.8, seed=1,
-                                       extra_body={"sampler": "led", "led": {"d": 4, "k": 6, "exploit": False}})
-    assert r.choices[0].message.content is not None
-    r = client.chat.completions.create(model="x", messages=CHAT, max_tokens=10, temperature=0.0,
-                                       extra_body={"sampler": "dola", "dola_layers": "high"})
-    assert r.usage.completion_tokens >= 1
+@pytest.fixture(scope="module")
+def direct(tiny_paths):
+    """The server's model opened here the way `serve` opens it: what a direct call gives is the reference."""
+    from led_local import Llama
+
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_seq_max=4, n_ctx=16384) as llm:
+        yield llm
+
+
+BASE = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=0.0, seed=7, max_tokens=24)
+LED = {"d": 4, "k": 8, "latent_norm": False, "exploit": False, "think_only": False}
+
+# (what differs from BASE, as Llama keywords); each group's first entry is what the others are compared with
+FIELD_CASES = {
+    "standard": [{}, {"top_p": 0.3}, {"top_k": 3}, {"min_p": 0.3}, {"repeat_penalty": 1.5}, {"temperature": 0.3}],
+    "dola": [{"sampler": "dola", "dola_layers": "high"}, {"sampler": "dola", "dola_layers": "low"},
+             {"sampler": "dola", "dola_layers": [1]}],
+    # (a draw on which every LED field changes the text: on this flat model the coin explores ~90 % of the
+    # steps either way, so `exploit` shows on a long enough answer only)
+    "led": [{"sampler": "led", "led": LED | change, "temperature": 0.6, "seed": 5, "max_tokens": 64} for change in
+            ({}, {"d": 3}, {"k": 2}, {"latent_norm": True}, {"exploit": True}, {"think_only": True})],
+}
+
+
+def _server_kwargs(case: dict) -> dict:
+    """The same request through the official client: OpenAI's own fields as such, ours in extra_body."""
+    kw = BASE | case
+    extra = {k: kw.pop(k) for k in ("top_k", "min_p", "repeat_penalty", "sampler", "led", "dola_layers") if k in kw}
+    return kw | {"extra_body": extra}
+
+
+@pytest.mark.parametrize("group", FIELD_CASES)
+def test_every_sampling_field_reaches_the_sampler(client, direct, group):
+    """Each field changes what a direct Llama call generates, and the server's answer equals that call's:
+    a field the server dropped would show."""
+    cases = FIELD_CASES[group]
+    expected = [direct.create_chat_completion(CHAT, **(BASE | c))["choices"][0]["message"]["content"] for c in cases]
+    for case, want in zip(cases[1:], expected[1:]):
+        assert want != expected[0], f"{case} does not change the output here; the check would be blind"
+    for case, want in zip(cases, expected):
+        r = client.chat.completions.create(model="x", messages=CHAT, **_server_kwargs(case))
+        assert r.choices[0].message.content == want, case
+
+
+def test_stop_and_max_completion_tokens_pass_through(client, direct):
+    full = direct.create_chat_completion(CHAT, **BASE)["choices"][0]["message"]["content"]
+    stop = full[8:11]
+    want = direct.create_chat_completion(CHAT, **BASE, stop=[stop])["choices"][0]["message"]["content"]
+    assert want == full[: full.index(stop)]
+    r = client.chat.completions.create(model="x", messages=CHAT, stop=[stop], **_server_kwargs({}))
+    assert r.choices[0].message.content == want and r.choices[0].finish_reason == "stop"
+    kw = _server_kwargs({})
+    del kw["max_tokens"]
+    r = client.chat.completions.create(model="x", messages=CHAT, max_completion_tokens=5, **kw)
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
 
 
 @pytest.mark.parametrize("kwargs, param", [
@@ -155,3 +203,40 @@ def test_disconnect_mid_stream_frees_the_slot(server, client):
     r = client.completions.create(model="x", prompt="the", max_tokens=4, temperature=0)
     assert r.choices[0].text is not None
     assert time.time() - t < t_full / 3  # not stuck behind the abandoned generation
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket listening on `port`, read from /proc/net/tcp (no traffic sent)."""
+    found = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr, p = local.split(":")
+        if int(p, 16) == port and state == "0A":  # TCP_LISTEN
+            found.add(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
+def test_binds_loopback_by_default_and_takes_the_key_from_the_environment(tiny_paths):
+    port = _free_port()
+    env = {**os.environ, "LED_LOCAL_API_KEY": "from-env"}
+    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "serve", "--model", str(tiny_paths["llama-tied"]),
+                             "--threads", "1", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}/v1"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                r = httpx.get(f"{base}/models", timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.1)
+        assert r.status_code == 401  # the key came from LED_LOCAL_API_KEY
+        ok = httpx.get(f"{base}/models", headers={"Authorization": "Bearer from-env"}, timeout=5)
+        assert ok.status_code == 200
+        assert _listening_addresses(port) == {"127.0.0.1"}  # loopback only, not 0.0.0.0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
