@@ -132,11 +132,16 @@ def test_gates():
     rng = np.random.default_rng(5)
     z = random_logits(rng, 4, 100, "normal")
     assert led_step(z, 1.0, 5, exploit=False).p_exploit == 0.0
-    gated = led_step(z, 1.0, 5, explore_allowed=False)
-    assert gated.p_exploit == 1.0
-    np.testing.assert_allclose(gated.token_probs, gated.exploit_probs)
-    assert not any(led_sample(z, 1.0, 5, u, 0.3, explore_allowed=False) != led_sample(z, 1.0, 5, u, 0.3, exploit=True,
-                   explore_allowed=False) for u in (0.0, 0.5, 0.99))
+    for exploit in (True, False):  # past the think gate the exploit switch no longer matters: never explore
+        gated = led_step(z, 1.0, 5, exploit=exploit, explore_allowed=False)
+        assert gated.p_exploit == 1.0
+        np.testing.assert_allclose(gated.token_probs, gated.exploit_probs)
+    # the coin can no longer explore: every u_coin draws from the exploit branch
+    exploit_branch = [led_sample(z, 1.0, 5, 1.0 - 1e-7, u) for u in (0.1, 0.5, 0.9)]
+    for exploit in (True, False):
+        for u_coin in (0.0, 0.5, 0.99):
+            got = [led_sample(z, 1.0, 5, u_coin, u, exploit=exploit, explore_allowed=False) for u in (0.1, 0.5, 0.9)]
+            assert got == exploit_branch
 
 
 def test_k_at_least_vocabulary():

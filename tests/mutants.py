@@ -1,0 +1,313 @@
+"""The mutation check: plant each bug of a fixed list, one at a time, and require the tests named after it
+to fail.
+
+    python tests/mutants.py [--jobs N] [--only SUBSTRING] [--list]
+
+Each bug is planted in a scratch copy of the *installed* package (Python files as installed, and for bugs
+in csrc/ a scratch libled_engine built from the mutated C against the build tree's llama.h). The tests run
+from the repository against that copy (it is first on sys.path, for pytest and for every `python -m
+led_local.cli` a test starts). First the unmutated copy must pass every listed test; then each mutant must
+make at least one of its tests fail. Exit status 0 only if every mutant was caught.
+
+It needs a regular install (`pip install '.[test]'`, what the README and CI do): an editable install's
+import hook would load the repository's files instead of the mutated copy, and the check says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str                 # the bug, as a reviewer would plant it
+    path: str                 # led_local/... (the installed copy) or csrc/... (rebuilt into libled_engine)
+    old: str                  # must occur exactly once in the file
+    new: str
+    tests: tuple[str, ...]    # pytest node ids (relative to the repository) that must catch it
+
+
+T_LEDGEN = "tests/test_led_generation.py::"
+T_STEPS = T_LEDGEN + "test_every_generated_step_is_led_step_on_its_rows"
+T_SERVER_FIELDS = "tests/test_server.py::test_every_sampling_field_reaches_the_sampler"
+T_UPSTREAM = "tests/test_upstream.py::test_seeded_sampling_identical_to_upstream"
+
+MUTANTS = [
+    # --- DoLa ----------------------------------------------------------------------------------------------
+    Mutant("dola: always contrasts with the first candidate layer (no Jensen-Shannon choice)", "csrc/led_core.c",
+           "    if (m > 1) {\n        // Jensen-Shannon", "    if (m > 1000) {\n        // Jensen-Shannon",
+           ("tests/test_dola.py::test_greedy_dola_equals_reference_decode",)),
+    Mutant("dola: the chain after the contrast runs on the final logits", "csrc/led_sampler.c",
+           "st->data[v].logit = st->contrast[v];", "st->data[v].logit = z0[v];",
+           ("tests/test_dola.py::test_dola_chain_runs_on_the_contrast",)),
+    # --- LED's latent loop in the sampler glue ---------------------------------------------------------------
+    Mutant("led: latent rows not divided by T", "csrc/led_sampler.c",
+           "led_row_normalize(zj, st->n_vocab, p->temperature);", "led_row_normalize(zj, st->n_vocab, 1.0f);",
+           (T_STEPS,)),
+    Mutant("led: latent blocks read one lower", "csrc/led_sampler.c",
+           "zl + (int64_t) (j - 1) * st->n_vocab", "zl + (int64_t) (j % (p->d - 1)) * st->n_vocab", (T_STEPS,)),
+    Mutant("led: latent blocks read one higher", "led_local/llama.py",
+           "return [n - 1 - j for j in range(1, d)]", "return [n - j for j in range(1, d)]", (T_STEPS,)),
+    Mutant("led: one depth fewer", "csrc/led_sampler.c",
+           "for (int32_t j = 1; j < p->d; j++) {", "for (int32_t j = 1; j < p->d - 1; j++) {", (T_STEPS,)),
+    Mutant("led: think_only ignored (always stops exploring after </think>)", "led_local/sampling.py",
+           "marker = llama.end_of_thinking_tokens() if self.config.think_only else []\n"
+           "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
+           "                                       self.config.think_only, marker, seed)",
+           "marker = llama.end_of_thinking_tokens()\n"
+           "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
+           "                                       True, marker, seed)",
+           (T_LEDGEN + "test_think_only_off_keeps_exploring_after_end_of_thinking",)),
+    Mutant("led: think_only ignored (never stops exploring)", "csrc/led_sampler.c",
+           "const bool allowed = !(p->think_only && st->thinking_over);", "const bool allowed = true;",
+           (T_LEDGEN + "test_generation_stops_exploring_once_the_model_closes_its_thinking",)),
+    Mutant("led: the coin's sides swapped", "csrc/led_sampler.c",
+           "const bool explored = u_coin < 1.0f - p_exploit;", "const bool explored = u_coin < p_exploit;",
+           (T_STEPS,)),
+    Mutant("led: greedy (T = 0) samples instead of taking the argmax", "csrc/led_sampler.c",
+           "led_draw(probs, n, u_sample, p->temperature <= 0.0f)", "led_draw(probs, n, u_sample, false)",
+           (T_LEDGEN + "test_greedy_led_draws_the_argmax_of_the_branch_its_coin_took",)),
+    Mutant("led: the latent head runs in the graph on every step", "led_local/sampling.py",
+           "return (layers, False, self.config.latent_norm and bool(layers))",
+           "return (layers, True, self.config.latent_norm and bool(layers))",
+           (T_LEDGEN + "test_latent_head_runs_only_on_exploring_steps",)),
+    Mutant("led: LEDConfig.layers ignored by generation", "led_local/sampling.py",
+           "        if self.layers is not None:\n            bad =", "        if False:\n            bad =",
+           (T_STEPS,)),
+    Mutant("led: a bad LEDConfig raises TypeError where the README promises ValueError", "led_local/sampling.py",
+           'raise ValueError(f"LEDConfig.{name} must be True or False', 'raise TypeError(f"LEDConfig.{name} must be True or False',
+           (T_LEDGEN + "test_invalid_led_settings",)),
+    Mutant("led core: the think gate depends on the exploit switch", "csrc/led_core.c",
+           "    if (!explore_allowed) {\n        return 1.0f;", "    if (!explore_allowed && exploit) {\n        return 1.0f;",
+           ("tests/test_led_core.py::test_gates",)),
+    # --- standard sampling ------------------------------------------------------------------------------------
+    Mutant("standard: top_k ignored", "led_local/sampling.py",
+           "self.temperature, self.top_k, self.top_p, self.min_p,", "self.temperature, 0, self.top_p, self.min_p,",
+           (T_UPSTREAM,)),
+    Mutant("standard: top_p ignored", "led_local/sampling.py",
+           "self.temperature, self.top_k, self.top_p, self.min_p,", "self.temperature, self.top_k, 1.0, self.min_p,",
+           (T_UPSTREAM,)),
+    Mutant("standard: min_p ignored", "led_local/sampling.py",
+           "self.temperature, self.top_k, self.top_p, self.min_p,", "self.temperature, self.top_k, self.top_p, 0.0,",
+           (T_UPSTREAM,)),
+    Mutant("standard: repeat_penalty ignored", "led_local/sampling.py",
+           "            self.repeat_penalty, self.repeat_last_n, seed,", "            1.0, self.repeat_last_n, seed,",
+           (T_UPSTREAM,)),
+    Mutant("standard: a default that is not llama-cpp-python's (top_k 20)", "led_local/generate.py",
+           "    max_tokens: int | None = 16,\n    temperature: float = 0.8,\n    top_k: int = 40,",
+           "    max_tokens: int | None = 16,\n    temperature: float = 0.8,\n    top_k: int = 20,",
+           ("tests/test_upstream.py::test_defaults_are_llama_cpp_python_s",)),
+    # --- generation -------------------------------------------------------------------------------------------
+    Mutant("generation: one token past max_tokens", "led_local/generate.py",
+           "len(s.tokens) >= max_tokens", "len(s.tokens) > max_tokens",
+           ("tests/test_generation.py::test_max_tokens_length",)),
+    Mutant("generation: each token's bytes decoded alone (split characters broken)", "led_local/generate.py",
+           "s.text += s.decoder.decode(llama.token_to_bytes(token))",
+           's.text += llama.token_to_bytes(token).decode("utf-8", "replace")',
+           ("tests/test_generation.py::test_utf8_split_across_tokens_streams_whole_characters",)),
+    Mutant("engine: a decode may ask for more outputs than n_seq_max (llama.cpp aborts)", "led_local/llama.py",
+           "if wanted > self.n_seq_max:", "if False:",
+           ("tests/test_latents.py::test_latent_rows_are_bounded_by_n_seq_max",)),
+    # --- server -----------------------------------------------------------------------------------------------
+    Mutant("server: top_p dropped", "led_local/server.py", "top_p=self.top_p,", "top_p=1.0,", (T_SERVER_FIELDS,)),
+    Mutant("server: top_k dropped", "led_local/server.py", "top_k=self.top_k,", "top_k=0,", (T_SERVER_FIELDS,)),
+    Mutant("server: min_p dropped", "led_local/server.py", "min_p=self.min_p,", "min_p=0.0,", (T_SERVER_FIELDS,)),
+    Mutant("server: repeat_penalty dropped", "led_local/server.py",
+           "repeat_penalty=self.repeat_penalty)", "repeat_penalty=1.0)", (T_SERVER_FIELDS,)),
+    Mutant("server: dola_layers dropped", "led_local/server.py",
+           'kwargs["dola_layers"] = self.dola_layers', 'kwargs["dola_layers"] = "high"', (T_SERVER_FIELDS,)),
+    Mutant("server: every LED field but d dropped", "led_local/server.py",
+           'kwargs["led"] = self.led.model_dump()', 'kwargs["led"] = {"d": self.led.d}', (T_SERVER_FIELDS,)),
+    Mutant("server: stop dropped", "led_local/server.py", "stop=self.stop,", "stop=None,",
+           ("tests/test_server.py::test_stop_and_max_completion_tokens_pass_through",)),
+    Mutant("server: max_completion_tokens ignored", "led_local/server.py",
+           "max_tokens = self.max_completion_tokens or self.max_tokens or", "max_tokens = self.max_tokens or",
+           ("tests/test_server.py::test_stop_and_max_completion_tokens_pass_through",)),
+    Mutant("serve: binds every interface by default", "led_local/commands/serve.py",
+           '"--host", default="127.0.0.1"', '"--host", default="0.0.0.0"',
+           ("tests/test_server.py::test_binds_loopback_by_default_and_takes_the_key_from_the_environment",)),
+    Mutant("serve: LED_LOCAL_API_KEY ignored", "led_local/commands/serve.py",
+           'envvar="LED_LOCAL_API_KEY"', "envvar=None",
+           ("tests/test_server.py::test_binds_loopback_by_default_and_takes_the_key_from_the_environment",)),
+    # --- entropy profile, eval, bench, chat, models -----------------------------------------------------------
+    Mutant("entropy profile: temperature ignored", "led_local/diagnostics.py",
+           "x = logits.astype(np.float64) / (temperature if temperature > 0 else 1.0)",
+           "x = logits.astype(np.float64)", ("tests/test_commands.py::test_normalized_entropy",)),
+    Mutant("entropy profile: verdict reads the normed lens", "led_local/diagnostics.py",
+           "return float(np.mean(self.raw[self.led_blocks])) > self.final",
+           "return float(np.mean(self.normed[self.led_blocks])) > self.final",
+           ("tests/test_commands.py::test_entropy_profile_verdict",)),
+    Mutant("eval: every problem gets the same seeds", "led_local/eval/runner.py",
+           "first = seed + p_index * n + start", "first = seed + start",
+           ("tests/test_eval.py::test_each_sample_has_its_own_seed",)),
+    Mutant("eval: pass@k off by one", "led_local/eval/passk.py",
+           "np.arange(n - c + 1, n + 1)", "np.arange(n - c, n + 1)",
+           ("tests/test_eval.py::test_summary_pass_at_k_from_mixed_outcomes",)),
+    Mutant("eval: standard error with ddof=0", "led_local/eval/passk.py",
+           "a.std(ddof=1)", "a.std(ddof=0)", ("tests/test_eval.py::test_summary_pass_at_k_from_mixed_outcomes",)),
+    Mutant("bench: the ratio inverted", "led_local/benchmark.py",
+           'med["led"] / med["standard"]', 'med["standard"] / med["led"]',
+           ("tests/test_commands.py::test_bench_command",)),
+    Mutant("chat: think tags not marked as thinking", "led_local/commands/chat.py",
+           "out.append((tag, self.inside or tag == self.OPEN))", "out.append((tag, False))",
+           ("tests/test_commands.py::test_think_sections_are_told_apart_across_chunks",)),
+    Mutant("chat: /reset keeps the conversation", "led_local/commands/chat.py",
+           '    elif cmd == "reset":\n        session.turns = []', '    elif cmd == "reset":\n        session.turns = session.turns',
+           ("tests/test_commands.py::test_chat_reset_and_history",)),
+    Mutant("chat: no history file", "led_local/commands/chat.py",
+           "PromptSession(history=FileHistory(str(history)))", "PromptSession()",
+           ("tests/test_commands.py::test_chat_reset_and_history",)),
+    Mutant("models: a fetched file's sha256 not checked", "led_local/models.py",
+           "if partial.stat().st_size != e.size or _sha256(partial) != e.sha256:",
+           "if partial.stat().st_size != e.size:", ("tests/test_models.py",)),
+    Mutant("models: a warm cache checks only the size", "led_local/models.py",
+           "    if _sha256(path) != sha256:\n        return False", "    if False:\n        return False",
+           ("tests/test_models.py::test_damaged_cache_of_the_right_size_is_fetched_again",)),
+]
+
+
+# --- the scratch copy ----------------------------------------------------------------------------------------
+
+def installed_package() -> Path:
+    """The installed led_local (imported from a neutral folder, so the repository's copy is not found)."""
+    r = subprocess.run([sys.executable, "-c", "import led_local, os; print(os.path.dirname(led_local.__file__))"],
+                       cwd=tempfile.gettempdir(), capture_output=True, text=True, env=_clean_env())
+    if r.returncode != 0:
+        sys.exit(f"mutants: led_local is not installed in {sys.executable}: {r.stderr.strip()[-300:]}")
+    pkg = Path(r.stdout.strip())
+    if not (pkg / "lib").is_dir():
+        sys.exit(f"mutants: {pkg} has no lib/ (an editable install?). The check needs a regular install: "
+                 "pip install '.[test]'")
+    return pkg
+
+
+def _clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LED_LOCAL_LIB_DIR")}
+
+
+def llama_headers() -> list[Path]:
+    """Include folders of the patched llama.cpp in the build tree that made the installed library."""
+    found = sorted(glob.glob(str(REPO / "build" / "*" / "llama.cpp-patched")))
+    if not found:
+        sys.exit("mutants: no build tree (build/*/llama.cpp-patched) to compile the C mutants against; "
+                 "run `pip install '.[test]'` in this checkout first")
+    root = Path(found[-1])
+    return [root / "include", root / "ggml" / "include"]
+
+
+def make_copy(pkg: Path, root: Path, mutant: Mutant | None) -> Path:
+    """root/led_local: the installed package, with the mutant planted (Python) or rebuilt into lib/ (C)."""
+    dest = root / "led_local"
+    shutil.copytree(pkg, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    if mutant is None:
+        return root
+    if mutant.path.startswith("led_local/"):
+        _plant(dest / mutant.path.removeprefix("led_local/"), mutant)
+    else:
+        csrc = root / "csrc"
+        shutil.copytree(REPO / "csrc", csrc)
+        _plant(root / mutant.path, mutant)
+        cc = os.environ.get("CC", "cc")
+        cmd = [cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
+               *[f"-I{p}" for p in [csrc, *llama_headers()]],
+               *[str(csrc / f) for f in ("led_engine.c", "led_core.c", "led_sampler.c")],
+               f"-L{dest / 'lib'}", "-lllama", "-lggml", "-lm", "-Wl,-rpath,$ORIGIN",
+               "-o", str(dest / "lib" / "libled_engine.so")]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"the C mutant does not compile:\n{r.stderr[-2000:]}")
+    return root
+
+
+def _plant(path: Path, mutant: Mutant) -> None:
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise RuntimeError(f"'{mutant.old[:60]}' occurs {count} times in {mutant.path}: update the mutant")
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def run_tests(root: Path, tests: list[str], stop_first: bool) -> tuple[int, str]:
+    """pytest on the repository's tests, importing led_local from root (cwd and PYTHONPATH both)."""
+    env = _clean_env() | {"PYTHONPATH": str(root)}
+    probe = subprocess.run([sys.executable, "-c", "import led_local; print(led_local.__file__)"], cwd=root, env=env,
+                           capture_output=True, text=True)
+    if not probe.stdout.startswith(str(root)):
+        raise RuntimeError(f"led_local was imported from {probe.stdout.strip() or probe.stderr[-300:]}, not the "
+                           "scratch copy (an editable install's import hook?)")
+    cmd = [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))",
+           "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO), "-c", str(REPO / "pyproject.toml"),
+           *(["-x"] if stop_first else []), *[str(REPO / t) for t in tests]]
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    return r.returncode, r.stdout + r.stderr
+
+
+def check(mutant: Mutant, pkg: Path) -> tuple[str, str]:
+    """(verdict, detail): caught, SURVIVED, or ERROR."""
+    with tempfile.TemporaryDirectory(prefix="led-mutant-") as tmp:
+        try:
+            root = make_copy(pkg, Path(tmp), mutant)
+            code, out = run_tests(root, list(mutant.tests), stop_first=True)
+        except RuntimeError as e:
+            return "ERROR", str(e)
+    failed = [ln.split(" ")[1] for ln in out.splitlines() if ln.startswith(("FAILED ", "ERROR "))]
+    if code == 1:
+        return "caught", (failed[0].split("::", 1)[-1] if failed else "a test failed")
+    if code < 0:  # the test process was killed by a signal: the bug crashed it, which the tests also show
+        return "caught", f"the test process crashed (signal {-code})"
+    if code == 0:
+        return "SURVIVED", "every test passed"
+    return "ERROR", f"pytest exit {code}:\n{out[-1500:]}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=max(1, os.cpu_count() or 1))
+    ap.add_argument("--only", default=None, help="run the mutants whose name contains this")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    a = ap.parse_args()
+    mutants = [m for m in MUTANTS if a.only is None or a.only in m.name]
+    if a.list:
+        for m in mutants:
+            print(f"{m.name}  [{m.path}]")
+        return 0
+    if not mutants:
+        print(f"mutants: none matches {a.only!r}", file=sys.stderr)
+        return 2
+    pkg = installed_package()
+    t0 = time.perf_counter()
+
+    # the tests must pass on the unmutated copy, or a failure would say nothing about the mutant
+    tests = sorted({t for m in mutants for t in m.tests})
+    with tempfile.TemporaryDirectory(prefix="led-mutant-base-") as tmp:
+        code, out = run_tests(make_copy(pkg, Path(tmp), None), tests, stop_first=False)
+    if code != 0:
+        print(f"mutants: the tests fail without any mutant (exit {code}); fix them first:\n{out[-3000:]}")
+        return 1
+    print(f"baseline: {len(tests)} test groups pass unmutated ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    results = []
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        for m, (verdict, detail) in zip(mutants, pool.map(lambda m: check(m, pkg), mutants)):
+            results.append((m, verdict))
+            print(f"{verdict:8s} {m.name}  [{m.path}]" + (f"  <- {detail}" if verdict == "caught" else f"\n{detail}"),
+                  flush=True)
+    caught = sum(v == "caught" for _, v in results)
+    print(f"{caught} of {len(results)} planted bugs caught in {time.perf_counter() - t0:.0f} s")
+    return 0 if caught == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
