@@ -132,8 +132,8 @@ def test_stop_and_max_completion_tokens_pass_through(client, direct):
     assert want == full[: full.index(stop)]
     r = client.chat.completions.create(model="x", messages=CHAT, stop=[stop], **_server_kwargs({}))
     assert r.choices[0].message.content == want and r.choices[0].finish_reason == "stop"
-    kw = _server_kwargs({})
-    del kw["max_tokens"]
+    # OpenAI's newer field wins over the deprecated max_tokens
+    kw = _server_kwargs({}) | {"max_tokens": 7}
     r = client.chat.completions.create(model="x", messages=CHAT, max_completion_tokens=5, **kw)
     assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
 
