@@ -39,7 +39,9 @@ struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ct
     params.n_outputs_max   = n_seq_max;
     params.n_threads       = n_threads;
     params.n_threads_batch = n_threads_batch;
-    params.kv_unified      = true;
+    // one KV stream per sequence (llama-server's default): a sequence's cells are its own and stay in
+    // position order, so its attention sums the same whatever the other slots cached or evicted
+    params.kv_unified      = false;
     params.no_perf         = true;
     return llama_init_from_model(model, params);
 }

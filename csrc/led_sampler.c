@@ -15,6 +15,7 @@ typedef struct led_sampler_state {
     int32_t                row;
 
     int32_t * end_think;     // owned copy of the marker
+    int32_t * latent_index;  // owned [d-1]: the context's latent row of each depth
     int32_t * recent;        // the last n_end_think accepted tokens (a ring)
     int32_t   n_recent;
     bool      thinking_over;
@@ -98,7 +99,7 @@ static int32_t led_sampler_step(led_sampler_state * st) {
             }
             st->last.latent_head = true;
             for (int32_t j = 1; j < p->d; j++) {
-                const float * zj = zl + (int64_t) (j - 1) * st->n_vocab;
+                const float * zj = zl + (int64_t) st->latent_index[j - 1] * st->n_vocab;
                 const led_row_norm norm = led_row_normalize(zj, st->n_vocab, p->temperature);
                 for (int32_t c = 0; c < n; c++) {
                     st->ws->q[(int64_t) j * n + c] = led_row_prob(&norm, zj[st->cand[c]]);
@@ -172,6 +173,7 @@ static void led_sampler_free_state(led_sampler_state * st) {
     free(st->exploit);
     free(st->end_think);
     free(st->recent);
+    free(st->latent_index);
     free(st);
 }
 
@@ -201,6 +203,11 @@ static led_sampler_state * led_sampler_state_new(struct llama_context * ctx, con
         params->temperature < 0.0f || params->n_end_think < 0 || (params->n_end_think > 0 && params->end_think == NULL)) {
         return NULL;
     }
+    for (int32_t j = 0; params->latent_index != NULL && j < params->d - 1; j++) {
+        if (params->latent_index[j] < 0) {
+            return NULL;
+        }
+    }
     led_sampler_state * st = calloc(1, sizeof(*st));
     if (st == NULL) {
         return NULL;
@@ -216,11 +223,16 @@ static led_sampler_state * led_sampler_state_new(struct llama_context * ctx, con
     const size_t m = (size_t) (params->n_end_think > 0 ? params->n_end_think : 1);
     st->end_think = malloc(sizeof(int32_t) * m);
     st->recent    = calloc(m, sizeof(int32_t));
+    st->latent_index = malloc(sizeof(int32_t) * (size_t) (params->d > 1 ? params->d - 1 : 1));
     if (st->ws == NULL || st->cand == NULL || st->explore == NULL || st->exploit == NULL || st->end_think == NULL ||
-        st->recent == NULL) {
+        st->recent == NULL || st->latent_index == NULL) {
         led_sampler_free_state(st);
         return NULL;
     }
+    for (int32_t j = 0; j < params->d - 1; j++) {
+        st->latent_index[j] = params->latent_index != NULL ? params->latent_index[j] : j;
+    }
+    st->params.latent_index = st->latent_index;
     if (params->n_end_think > 0) {
         memcpy(st->end_think, params->end_think, sizeof(int32_t) * (size_t) params->n_end_think);
     }
@@ -275,6 +287,8 @@ typedef struct dola_sampler_state {
     int32_t m;
     int32_t n_vocab;
     int32_t row;
+    int32_t * latent_index;    // [m] the context's latent row of each premature layer, or NULL: rows 0..m-1
+    float * premature;         // [m][n_vocab] gathered rows, when latent_index is not 0..m-1
     float * contrast;          // [n_vocab]
     llama_token_data * data;   // [n_vocab]
     int32_t last_premature;
@@ -291,7 +305,16 @@ static int32_t dola_sampler_step(dola_sampler_state * st) {
     if (z0 == NULL || zl == NULL) {
         return -1;
     }
-    st->last_premature = dola_contrast(z0, zl, st->m, st->n_vocab, st->contrast);
+    const float * premature = zl;
+    if (st->latent_index != NULL) {
+        // other requests in the batch asked for more blocks: gather this sampler's rows, in its order
+        for (int32_t l = 0; l < st->m; l++) {
+            memcpy(st->premature + (int64_t) l * st->n_vocab, zl + (int64_t) st->latent_index[l] * st->n_vocab,
+                   sizeof(float) * (size_t) st->n_vocab);
+        }
+        premature = st->premature;
+    }
+    st->last_premature = dola_contrast(z0, premature, st->m, st->n_vocab, st->contrast);
     for (int32_t v = 0; v < st->n_vocab; v++) {
         st->data[v].id    = v;
         st->data[v].logit = st->contrast[v];
@@ -322,14 +345,19 @@ static void dola_sampler_reset(struct llama_sampler * smpl) {
     llama_sampler_reset(((dola_sampler_state *) smpl->ctx)->chain);
 }
 
-static void dola_sampler_free(struct llama_sampler * smpl) {
-    dola_sampler_state * st = smpl->ctx;
+static void dola_sampler_free_state(dola_sampler_state * st) {
     if (st != NULL) {
         llama_sampler_free(st->chain);
+        free(st->latent_index);
+        free(st->premature);
         free(st->contrast);
         free(st->data);
         free(st);
     }
+}
+
+static void dola_sampler_free(struct llama_sampler * smpl) {
+    dola_sampler_free_state(smpl->ctx);
 }
 
 static struct llama_sampler_i dola_sampler_iface = {
@@ -347,7 +375,17 @@ static struct llama_sampler_i dola_sampler_iface = {
     /* .copy_state        = */ NULL,
 };
 
-struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, struct llama_sampler * chain) {
+struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
+                                        struct llama_sampler * chain) {
+    bool identity = true;
+    for (int32_t l = 0; latent_index != NULL && l < m; l++) {
+        if (latent_index[l] < 0) {
+            identity = false;
+            m = 0;  // invalid: refused below
+            break;
+        }
+        identity = identity && latent_index[l] == l;
+    }
     if (ctx == NULL || chain == NULL || m < 1) {
         if (chain != NULL) {
             llama_sampler_free(chain);
@@ -366,11 +404,17 @@ struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, s
     st->row      = -1;
     st->contrast = malloc(sizeof(float) * (size_t) st->n_vocab);
     st->data     = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
-    if (st->contrast == NULL || st->data == NULL) {
-        free(st->contrast);
-        free(st->data);
-        free(st);
-        llama_sampler_free(chain);
+    bool ok = st->contrast != NULL && st->data != NULL;
+    if (ok && !identity) {
+        st->latent_index = malloc(sizeof(int32_t) * (size_t) m);
+        st->premature    = malloc(sizeof(float) * (size_t) m * (size_t) st->n_vocab);
+        ok = st->latent_index != NULL && st->premature != NULL;
+        if (ok) {
+            memcpy(st->latent_index, latent_index, sizeof(int32_t) * (size_t) m);
+        }
+    }
+    if (!ok) {
+        dola_sampler_free_state(st);  // and the chain it took over
         return NULL;
     }
     return llama_sampler_init(&dola_sampler_iface, st);

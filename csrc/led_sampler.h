@@ -25,10 +25,13 @@ typedef struct led_sampler_params {
     const int32_t * end_think;    // that marker's token ids (may be NULL: the model has none)
     int32_t n_end_think;
     uint32_t seed;
+    const int32_t * latent_index; // [d-1]: depth j reads the context's latent row latent_index[j-1]; NULL:
+                                  // row j-1 (the context hands out exactly this sampler's blocks, in order)
 } led_sampler_params;
 
-// NULL for invalid parameters (d < 1, k < 1, temperature < 0 or not finite). The context must hand out
-// d-1 latent rows (llama_set_latents) whenever d > 1.
+// NULL for invalid parameters (d < 1, k < 1, temperature < 0 or not finite, a negative latent index). The
+// context must hand out the latent rows named by latent_index (llama_set_latents) whenever d > 1; other
+// requests decoded in the same batch may have asked for more blocks.
 struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
 
 // The output row the next llama_sampler_apply reads (llama_sampler_i.apply gets only the candidates array).
@@ -53,11 +56,13 @@ typedef struct led_sampler_step_info {
 } led_sampler_step_info;
 void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info);
 
-// DoLa over the m premature rows the context hands out (llama_set_latents with in-graph logits), followed
+// DoLa over m premature rows the context hands out (llama_set_latents with in-graph logits): rows
+// latent_index[0..m) of the context's latent set (NULL: rows 0..m-1), followed
 // by `chain` (temperature, top-k, top-p, ... or greedy) on the contrasted logits, as transformers applies
 // its logits processors after DoLa's contrast. Takes ownership of chain. Its llama_sampler_i.apply reads
 // the row of the last dola_sampler_sample call; dola_sampler_sample is the way to drive it.
-struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, struct llama_sampler * chain);
+struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
+                                        struct llama_sampler * chain);
 int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 // The premature row the last step contrasted with.
 int32_t dola_sampler_last(const struct llama_sampler * smpl);

@@ -95,7 +95,7 @@ int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature
 /* csrc/led_sampler.h */
 typedef struct led_sampler_params {
     int32_t d; int32_t k; float temperature; bool exploit; bool think_only;
-    const int32_t * end_think; int32_t n_end_think; uint32_t seed;
+    const int32_t * end_think; int32_t n_end_think; uint32_t seed; const int32_t * latent_index;
 } led_sampler_params;
 struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
@@ -104,7 +104,8 @@ typedef struct led_sampler_step_info {
     int32_t n_cand; const int32_t * candidates; const float * probs;
 } led_sampler_step_info;
 void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info);
-struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, struct llama_sampler * chain);
+struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
+                                        struct llama_sampler * chain);
 int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 int32_t dola_sampler_last(const struct llama_sampler * smpl);
 int32_t dola_contrast(const float * final_logits, const float * premature, int32_t m, int32_t n_vocab, float * out);
@@ -201,14 +202,17 @@ def led_step(z, temperature: float, k: int, exploit: bool, explore_allowed: bool
 
 
 def led_sampler_new(llama, d: int, k: int, temperature: float, exploit: bool, think_only: bool,
-                    end_think: list[int], seed: int):
-    """A native LED sampler (csrc/led_sampler.c) on this Llama's context; NULL-checked by the caller."""
+                    end_think: list[int], seed: int, latent_index: list[int] | None = None):
+    """A native LED sampler (csrc/led_sampler.c) on this Llama's context; NULL-checked by the caller.
+    latent_index[j-1]: the context's latent row that depth j reads (None: row j-1)."""
     params = ffi.new("led_sampler_params *")
     marker = ffi.new("int32_t[]", end_think or [0])
+    index = ffi.new("int32_t[]", latent_index) if latent_index else ffi.NULL
     params.d, params.k, params.temperature = d, k, temperature
     params.exploit, params.think_only, params.seed = exploit, think_only, seed
     params.end_think, params.n_end_think = marker, len(end_think)
-    return lib().led_sampler_new(llama._ctx, params)  # the sampler copies the marker
+    params.latent_index = index
+    return lib().led_sampler_new(llama._ctx, params)  # the sampler copies the marker and the index
 
 
 def led_sampler_last(handle) -> dict:

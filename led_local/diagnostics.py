@@ -84,7 +84,7 @@ def _profile_pass(llama, prompts: list[list[dict]], norm: bool, max_tokens: int,
                         count += 1
                         token = sampler.sample(0, row)
                         pos = len(tokens) + step
-                        if llama.is_eog(token) or pos + 1 >= llama.n_ctx:
+                        if llama.is_eog(token) or pos + 1 >= llama.n_ctx_seq:
                             break
                         (row,) = llama._decode([(token, pos, 0, True)])
         finally:

@@ -1,43 +1,17 @@
-"""The token loop: n parallel sequences over one shared prompt, streamed as OpenAI-shaped results.
-
-One step, for every live sequence at once: sample a token from its output row, detokenize it
-incrementally, check end-of-generation / stop strings / max_tokens, then decode all the new tokens in
-one batch. The prompt is decoded once on sequence 0 and its KV cells are shared by the others.
+"""Requests as llama-cpp-python users make them (`create_completion`, `create_chat_completion`), checked
+and submitted to the Llama's scheduler (scheduler.py: the one token loop), and its deltas shaped as
+OpenAI's results and chunks.
 """
 
 from __future__ import annotations
 
-import codecs
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from . import chat
+from .scheduler import Delta, Job
 from .sampling import SAMPLERS, DoLaSampling, LEDConfig, LEDSampling, NativeSamplers, StandardSampling, resolve_seed
-
-
-@dataclass
-class _Sequence:
-    index: int
-    seed: int
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    finish_reason: str | None = None
-    pending_trace: list = field(default_factory=list)
-    cut: bool = False  # a stop string ended it: the text is final, nothing to flush
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
-
-
-@dataclass(frozen=True)
-class Delta:
-    """New text of sequence `index`; `finish_reason` is set on its last delta."""
-
-    index: int
-    text: str
-    finish_reason: str | None = None
-    trace: list[dict] | None = None  # per-token LED trace of the tokens sampled in this step (trace=True)
 
 
 def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
@@ -60,23 +34,7 @@ def _prompt_tokens(llama, prompt: str | bytes | Sequence[int]) -> list[int]:
         raise TypeError("prompt must be a string, bytes, or a list of token ids")
     if not tokens:
         raise ValueError("the prompt is empty")
-    if len(tokens) >= llama.n_ctx:
-        raise ValueError(
-            f"the prompt has {len(tokens)} tokens, which leaves no room in the context window "
-            f"(n_ctx={llama.n_ctx}); shorten it or create Llama(..., n_ctx=larger)"
-        )
-    return tokens
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that could still grow into a stop string (not streamed yet)."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:k]):
-                hold = k
-                break
-    return hold
+    return tokens  # (its length against the context window: the scheduler's check)
 
 
 def stream_deltas(
@@ -85,89 +43,26 @@ def stream_deltas(
     *,
     n: int,
     max_tokens: int | None,
-    spec: StandardSampling | LEDSampling,
+    spec: StandardSampling | LEDSampling | DoLaSampling,
     seed: int,
     stop: list[str],
     usage: dict,
     trace: bool = False,
 ) -> Iterator[Delta]:
-    """Generate n samples of one prompt; sample i is seeded with seed + i. Fills `usage` as it goes."""
-    n_prompt = len(prompt_tokens)
-    seqs = [_Sequence(index=i, seed=(seed + i) & 0xFFFFFFFF) for i in range(n)]
-    usage.update(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt)
-    longest_stop = max((len(s) for s in stop), default=0)
+    """Generate n samples of one prompt on the Llama's scheduler (sample i is seeded with seed + i), running
+    its steps while the deltas are consumed; fills `usage` as it goes."""
+    job = Job(prompt=list(prompt_tokens), n=n, max_tokens=max_tokens, spec=spec, seed=seed, stop=stop,
+              trace=trace, usage=usage)
+    scheduler = llama._scheduler
+    scheduler.check(job)  # bad requests fail at the call; the job is submitted when the deltas are asked for
 
-    with llama._lock:
-        llama._check_open()
-        llama._set_latents(*spec.graph_needs(llama))
-        llama.reset()
-        with NativeSamplers(llama, spec, [s.seed for s in seqs]) as samplers:
-            (last,) = llama._decode([(t, i, 0, i == n_prompt - 1) for i, t in enumerate(prompt_tokens)])
-            for s in seqs[1:]:
-                llama._copy_sequence(0, s.index)
-            rows = {s.index: last for s in seqs}  # every sequence samples its first token from the prompt's row
-            cells = n_prompt
-
-            live = list(seqs)
-            while live:
-                batch: list[tuple[int, int, int, bool]] = []
-                for s in live:
-                    token = samplers.sample(s.index, rows[s.index])
-                    if trace:
-                        s.pending_trace.append({"token": token, **(samplers.trace(s.index) or {})})
-                    if llama.is_eog(token):
-                        s.finish_reason = "stop"
-                    else:
-                        s.tokens.append(token)
-                        usage["completion_tokens"] += 1
-                        before = len(s.text)
-                        s.text += s.decoder.decode(llama.token_to_bytes(token))
-                        if stop:
-                            window = max(0, before - longest_stop + 1)
-                            hits = [p for p in (s.text.find(x, window) for x in stop) if p >= 0]
-                            if hits:
-                                s.text = s.text[: min(hits)]
-                                s.finish_reason, s.cut = "stop", True
-                        if s.finish_reason is None and max_tokens is not None and len(s.tokens) >= max_tokens:
-                            s.finish_reason = "length"
-                    if s.finish_reason is None:
-                        batch.append((token, n_prompt + len(s.tokens) - 1, s.index, True))
-
-                if batch and cells + len(batch) > llama.n_ctx:
-                    for s in live:
-                        if s.finish_reason is None:
-                            s.finish_reason = "length"
-                    batch = []
-
-                for s in live:
-                    if s.finish_reason is not None:
-                        if not s.cut:
-                            s.text += s.decoder.decode(b"", final=True)
-                        end = len(s.text)
-                    else:
-                        end = len(s.text) - _held_back(s.text, stop)
-                    if end > s.emitted or s.finish_reason is not None or (trace and s.pending_trace):
-                        yield Delta(s.index, s.text[s.emitted : end], s.finish_reason,
-                                    s.pending_trace if trace else None)
-                        s.emitted, s.pending_trace = end, []
-
-                # a finished sequence keeps its KV cells until the call ends: reusing them would put later
-                # tokens of the others into lower cells, change the order attention sums in, and break
-                # "n parallel samples == the same seeds one by one" in the last bits
-                live = [s for s in live if s.finish_reason is None]
-                usage["total_tokens"] = n_prompt + usage["completion_tokens"]
-                if not batch:
-                    break
-                outputs = llama._decode(batch)
-                rows = {entry[2]: idx for entry, idx in zip(batch, outputs)}
-                cells += len(batch)
+    def deltas() -> Iterator[Delta]:
+        yield from scheduler.results(scheduler.submit(job))
+    return deltas()
 
 
-def _check_common(llama, n: int, max_tokens: int | None, sampler: str) -> int | None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if n > llama.n_seq_max:
-        raise ValueError(f"n={n} exceeds this Llama's n_seq_max={llama.n_seq_max}; create Llama(..., n_seq_max={n})")
+def _check_common(max_tokens: int | None, sampler: str) -> int | None:
+    """(n and the prompt's length are checked by the scheduler, scheduler.Scheduler.check)"""
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
         raise TypeError(f"max_tokens must be an integer or None, got {max_tokens!r}")
     if sampler not in SAMPLERS:
@@ -192,7 +87,7 @@ def _sampler_spec(sampler: str, temperature, top_k, top_p, min_p, repeat_penalty
 
 def _run(llama, tokens, *, n, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed, sampler,
          led, trace, dola_layers=None):
-    max_tokens = _check_common(llama, n, max_tokens, sampler)
+    max_tokens = _check_common(max_tokens, sampler)
     spec = _sampler_spec(sampler, temperature, top_k, top_p, min_p, repeat_penalty, led, dola_layers)
     spec.graph_needs(llama)  # checks the settings against the model before anything runs
     usage: dict = {}

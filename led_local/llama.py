@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _native
 from ._native import ffi
+from .scheduler import Job, Scheduler
 
 GGUF_MAGIC = b"GGUF"
 MAX_SEQUENCES = 64
@@ -74,8 +75,11 @@ def check_gguf_file(path: Path) -> None:
 class Llama:
     """A GGUF model with a llama.cpp context.
 
-    The KV cache is unified: its `n_ctx` cells are shared by up to `n_seq_max` parallel sequences, and
-    the n samples of one prompt share the prompt's cells (as llama-server's slots do with `-np`).
+    The KV cache holds `n_ctx` cells split evenly among `n_seq_max` sequences (slots), as llama-server's `-c`
+    with `-np`: each sample's prompt and tokens fit in `n_ctx_seq = n_ctx // n_seq_max` cells. Every call
+    goes through one scheduler (scheduler.py), which keeps what each slot evaluated: a later prompt that
+    starts the same way is evaluated from where it differs (`prefix_cache=False` turns that off), and
+    calls from several threads are decoded together.
     """
 
     def __init__(
@@ -89,6 +93,7 @@ class Llama:
         n_threads_batch: int | None = None,
         n_gpu_layers: int = 0,
         seed: int | None = None,
+        prefix_cache: bool = True,
         verbose: bool = False,
     ) -> None:
         self._model = ffi.NULL
@@ -100,6 +105,10 @@ class Llama:
         self.n_ctx = _check_int("n_ctx", n_ctx, 16)
         self.n_batch = _check_int("n_batch", n_batch, 1)
         self.n_seq_max = _check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
+        self.n_ctx_seq = self.n_ctx // self.n_seq_max
+        if self.n_ctx_seq < 8:
+            raise ValueError(f"n_ctx={n_ctx} leaves {self.n_ctx_seq} cells for each of the n_seq_max={n_seq_max} "
+                             "sequences; give each at least 8")
         self.n_threads = _check_int("n_threads", n_threads if n_threads is not None else _default_threads(), 1)
         self.n_threads_batch = _check_int(
             "n_threads_batch", n_threads_batch if n_threads_batch is not None else self.n_threads, 1
@@ -130,6 +139,8 @@ class Llama:
         self._latent_setting: tuple = ((), False, False)
         self._tied: bool | None = None
         self.metadata = self._read_metadata()
+        # the one token loop: every generation and readout of this Llama goes through it
+        self._scheduler = Scheduler(self, prefix_cache=bool(prefix_cache))
 
     # --- lifetime -------------------------------------------------------------------------------------
 
@@ -273,9 +284,11 @@ class Llama:
         return self._lib.llama_get_memory(self._ctx)
 
     def reset(self) -> None:
-        """Forget every sequence in the KV cache."""
-        self._check_open()
-        self._lib.llama_memory_clear(self._memory(), True)
+        """Forget every sequence in the KV cache, cached prefixes included."""
+        with self._lock:
+            self._check_open()
+            self._lib.llama_memory_clear(self._memory(), True)
+            self._scheduler.clear()
 
     def _copy_sequence(self, src: int, dst: int) -> None:
         self._lib.llama_memory_seq_cp(self._memory(), src, dst, -1, -1)
@@ -354,33 +367,21 @@ class Llama:
         With `norm`, the logits are
         computed over the final-normed states (`latent_norm`); `hidden` stays raw either way.
         """
-        with self._lock:
-            self._check_open()
-            tokens = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt)
-            if not tokens:
-                raise ValueError("the prompt is empty")
-            if len(tokens) > self.n_ctx:
-                raise ValueError(f"the prompt has {len(tokens)} tokens, more than n_ctx={self.n_ctx}")
-            layers = (self.validate_layers(layers, allow_embeddings=True) if layers is not None
-                      else self.default_latent_layers(min(8, self.n_layer())))
-            self._set_latents(layers, True, norm)
-            try:
-                self.reset()
-                n = len(tokens)
-                self._decode([(t, i, 0, i == n - 1) for i, t in enumerate(tokens)])
-                n_lat, n_embd, n_vocab = len(layers), self.n_embd(), self.n_vocab()
-                states = self._lib.llama_get_latent_states_ith(self._ctx, -1)
-                logits = self._lib.llama_get_latent_logits_ith(self._ctx, -1)
-                if states == ffi.NULL or logits == ffi.NULL:
-                    raise RuntimeError("this model's graph offers no latent readout (see the log with verbose=True)")
-                hidden = np.frombuffer(ffi.buffer(states, 4 * n_lat * n_embd), np.float32).reshape(n_lat, n_embd).copy()
-                lat = np.frombuffer(ffi.buffer(logits, 4 * n_lat * n_vocab), np.float32).reshape(n_lat, n_vocab).copy()
-                final = self._logits(-1)
-            finally:
-                self._set_latents((), False, False)
-                self.reset()
-            return LatentReadout(tokens=tokens, layers=list(layers), hidden=hidden, logits=lat,
-                                 final_logits=final, norm=norm)
+        self._check_open()
+        tokens = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt)
+        if not tokens:
+            raise ValueError("the prompt is empty")
+        if len(tokens) > self.n_ctx_seq:
+            raise ValueError(f"the prompt has {len(tokens)} tokens, more than a sequence's context window "
+                             f"({self.n_ctx_seq} = n_ctx / n_seq_max)")
+        self.detokenize(tokens)  # validates the ids
+        layers = (self.validate_layers(layers, allow_embeddings=True) if layers is not None
+                  else self.default_latent_layers(min(8, self.n_layer())))
+        # a job of the scheduler like any generation: it reuses a cached prefix and leaves its own
+        job = self._scheduler.run(Job(prompt=tokens, readout=(tuple(layers), bool(norm))))
+        hidden, lat, final = job.result
+        return LatentReadout(tokens=tokens, layers=list(layers), hidden=hidden, logits=lat,
+                             final_logits=final, norm=norm)
 
     # --- generation -----------------------------------------------------------------------------------
 

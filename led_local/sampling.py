@@ -49,7 +49,7 @@ class StandardSampling:
         if self.repeat_penalty <= 0:
             raise ValueError("repeat_penalty must be > 0 (1.0 turns it off)")
 
-    def new_native(self, llama, seed: int):
+    def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
         return llama._lib.led_sampler_standard_new(
             llama._model, self.temperature, self.top_k, self.top_p, self.min_p,
             self.repeat_penalty, self.repeat_last_n, seed,
@@ -141,11 +141,13 @@ class LEDSampling:
         layers = self.config.latent_layers(llama)
         return (layers, False, self.config.latent_norm and bool(layers))
 
-    def new_native(self, llama, seed: int):
+    def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
+        """latent_index: where the context puts this sampler's blocks among the latent rows of a batch shared
+        with other requests (None: exactly its own, in order)."""
         self.config.latent_layers(llama)
         marker = llama.end_of_thinking_tokens() if self.config.think_only else []
         return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,
-                                       self.config.think_only, marker, seed)
+                                       self.config.think_only, marker, seed, latent_index)
 
     def sample(self, llama, handle, row: int) -> int:
         token = llama._lib.led_sampler_sample(handle, llama._ctx, row)
@@ -203,9 +205,11 @@ class DoLaSampling:
         # every step contrasts with every candidate: their head logits come out of the decode graph itself
         return (tuple(layer - 1 for layer in self.candidates(llama)), True, False)
 
-    def new_native(self, llama, seed: int):
+    def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
         # dola_sampler_new takes the chain over (and frees it if it fails)
-        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), self.chain.new_native(llama, seed))
+        index = ffi.new("int32_t[]", latent_index) if latent_index else ffi.NULL
+        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), index,
+                                           self.chain.new_native(llama, seed))
 
     def sample(self, llama, handle, row: int) -> int:
         token = llama._lib.dola_sampler_sample(handle, llama._ctx, row)
@@ -230,14 +234,14 @@ def resolve_seed(seed: int | None, default: int | None) -> int:
 class NativeSamplers:
     """One native sampler per sequence, freed together."""
 
-    def __init__(self, llama, spec, seeds: list[int]) -> None:
+    def __init__(self, llama, spec, seeds: list[int], latent_index: list[int] | None = None) -> None:
         self._lib = llama._lib
         self._llama = llama
         self.spec = spec
         self.handles = []
         self._cands = spec.candidates(llama) if isinstance(spec, DoLaSampling) else None
         for s in seeds:
-            h = spec.new_native(llama, s & 0xFFFFFFFF)
+            h = spec.new_native(llama, s & 0xFFFFFFFF, latent_index)
             if h == ffi.NULL:
                 self.close()
                 raise RuntimeError("could not create a sampler")

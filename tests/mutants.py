@@ -65,10 +65,10 @@ MUTANTS = [
     Mutant("led: think_only ignored (always stops exploring after </think>)", "led_local/sampling.py",
            "marker = llama.end_of_thinking_tokens() if self.config.think_only else []\n"
            "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
-           "                                       self.config.think_only, marker, seed)",
+           "                                       self.config.think_only, marker, seed, latent_index)",
            "marker = llama.end_of_thinking_tokens()\n"
            "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
-           "                                       True, marker, seed)",
+           "                                       True, marker, seed, latent_index)",
            (T_LEDGEN + "test_think_only_off_keeps_exploring_after_end_of_thinking",)),
     Mutant("led: think_only ignored (never stops exploring)", "csrc/led_sampler.c",
            "const bool allowed = !(p->think_only && st->thinking_over);", "const bool allowed = true;",

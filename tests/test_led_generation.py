@@ -213,7 +213,9 @@ def test_greedy_led_draws_the_argmax_of_the_branch_its_coin_took(smollm2_path):
 
 
 def test_streaming_trace(tiny_paths):
-    with Llama(tiny_paths["llama-tied"], n_threads=1) as llm:
+    # (no prefix cache: on f32 weights a cached prompt's last token, evaluated alone, differs in the last bits
+    # of the probabilities; README "Determinism")
+    with Llama(tiny_paths["llama-tied"], n_threads=1, prefix_cache=False) as llm:
         chunks = list(llm.create_completion("the", max_tokens=8, temperature=1.0, sampler="led", seed=3, stream=True,
                                             trace=True, led={"d": 3, "k": 4}))
         plain = llm.create_completion("the", max_tokens=8, temperature=1.0, sampler="led", seed=3, trace=True,

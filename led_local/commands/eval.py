@@ -74,7 +74,7 @@ def eval_command(dataset, model, threads, sampler, compare, n, ks, limit, max_to
 
     from tqdm import tqdm
 
-    with open_model(model, threads, n_seq_max=n, n_ctx=1024 + n * max_tokens) as llm:
+    with open_model(model, threads, n_seq_max=n, n_ctx=n * (1024 + max_tokens)) as llm:  # per sample
         total = len(problems) * n * len(samplers)
         plans = []
         for label in samplers:

@@ -25,7 +25,7 @@ def generate(prompt, model, threads, sampling, chat, n, max_tokens, seed, as_jso
     if prompt == "-":
         prompt = sys.stdin.read()
     kwargs = dict(max_tokens=max_tokens, seed=seed, n=n, **sampling)
-    with open_model(model, threads, n_seq_max=n, n_ctx=max(4096, 512 + n * max_tokens)) as llm:
+    with open_model(model, threads, n_seq_max=n, n_ctx=n * max(4096, 1024 + max_tokens)) as llm:  # per sample
         def run(**extra):
             if chat:
                 return llm.create_chat_completion([{"role": "user", "content": prompt}], **kwargs, **extra)

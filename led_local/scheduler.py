@@ -1,0 +1,493 @@
+"""The one token loop of a Llama: a scheduler that owns the llama.cpp context, its sequences, their cached
+prefixes, and one llama_decode per step for every live sequence of every request (continuous batching).
+
+After llama-server's split of slots from tasks: a *slot* is a llama.cpp sequence id and the tokens its KV
+cells hold (its cached prefix); a *job* is one request: a prompt, n samples, sampler settings, seeds, stop
+strings and limits (or, for `Llama.latents`, a readout of the prompt's last row). A job takes n free slots
+when admitted. Sample 0 gets the free slot whose cache shares the longest prefix with the prompt, so only
+the rest of the prompt is evaluated; when the prompt is in, samples 1..n-1 get a copy of its cells
+(llama_memory_seq_cp). A finished job frees its slots, which keep their cells as cache for the next job.
+Each slot is one KV stream of n_ctx / n_seq_max cells (llama-server's -c with -np): a sample ends with
+"length" when its stream is full.
+
+One step (`Scheduler.step`):
+ 1. admit waiting jobs, first come first served, into free slots;
+ 2. sample a token for every sequence whose output row came out of the last decode; detokenize, check
+    end of generation, stop strings and max_tokens, and hand the new text to the job's consumer;
+ 3. build one batch: the new token of every live sequence, then prompt chunks of jobs still prefilling,
+    up to n_batch tokens, so a long prompt never freezes the others' streams;
+ 4. give the graph the latent readout that the jobs in flight need (the union of their blocks; none when
+    no job needs any), and decode.
+
+Who runs the steps: the thread consuming a job's results (`Scheduler.results`), or a background driver
+(`Scheduler.drive`, the server's); either way one step at a time, under the Llama's lock.
+
+Determinism: every sequence has its own seeded sampler, its own row of every decode and its own KV stream,
+whose cells stay in position order (a cached prefix is only ever cut at its end). The CPU kernels compute
+a quantized model's row the same whatever else is in the batch and however the prompt was chunked, so a
+seeded job gives the same tokens alone, beside others, or after a cached prefix (README, "Determinism").
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ._native import ffi
+from .sampling import NativeSamplers
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of sample `index`; `finish_reason` is set on its last delta."""
+
+    index: int
+    text: str
+    finish_reason: str | None = None
+    trace: list[dict] | None = None  # per-token trace of the tokens sampled in this step (trace=True)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    index: int
+    seed: int
+    slot: "Slot | None" = None
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+    pending_token: int | None = None  # sampled, to be decoded in this step's batch
+    row: int | None = None            # its output row in the last decode
+    pending_trace: list = field(default_factory=list)
+    cut: bool = False     # a stop string ended it: the text is final, nothing to flush
+    closed: bool = False  # its last delta was handed out
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+
+@dataclass(eq=False)
+class Slot:
+    seq: int                                          # the llama.cpp sequence id (and KV stream)
+    tokens: list[int] = field(default_factory=list)   # the tokens its cells hold, positions 0.. (its cache)
+    job: "Job | None" = None
+    last_used: int = 0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return int(np.argmin(np.asarray(a[:n]) == np.asarray(b[:n])))
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that could still grow into a stop string (not streamed yet)."""
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold
+
+
+@dataclass(eq=False)
+class Job:
+    """One request. Generation: n samples of `prompt` (sample i seeded with seed + i). Readout (`readout` set
+    to (layers, norm), n = 1): the latent rows of the prompt's last token, no generation."""
+
+    prompt: list[int]
+    n: int = 1
+    max_tokens: int | None = None
+    spec: Any = None
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    trace: bool = False
+    readout: tuple[tuple[int, ...], bool] | None = None
+
+    # filled by the scheduler
+    usage: dict = field(default_factory=dict)
+    seqs: list[_Sequence] = field(default_factory=list)
+    samplers: NativeSamplers | None = None
+    needs: tuple[tuple[int, ...], bool, bool] = ((), False, False)
+    latent_index: list[int] = field(default_factory=list)
+    prefilled: int = 0        # prompt tokens whose cells sample 0's slot holds
+    prompt_row: int | None = None
+    cached_tokens: int = 0
+    result: Any = None        # a readout's arrays
+    pending: deque = field(default_factory=deque)
+    finished: bool = False
+    cancelled: bool = False
+    error: BaseException | None = None
+    notify: Callable[[], None] | None = None  # called (under the lock) when results or the end arrive
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be a positive integer, got {self.n!r}")
+        self.seqs = [_Sequence(index=i, seed=(self.seed + i) & 0xFFFFFFFF) for i in range(self.n)]
+        n_prompt = len(self.prompt)
+        self.usage.update(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt,
+                          prompt_tokens_details={"cached_tokens": 0})
+
+    @property
+    def slots(self) -> list[Slot]:
+        return [s.slot for s in self.seqs if s.slot is not None]
+
+    @property
+    def prefilling(self) -> bool:
+        return self.prompt_row is None
+
+
+class _LatentSet:
+    """What the decode graph hands out: the union of the blocks the jobs in flight need, in the order they
+    were first asked for (so a sampler's row indices stay valid while others join), in-graph head logits
+    if any job needs them, and one final-norm setting (jobs that need the other wait)."""
+
+    def __init__(self) -> None:
+        self.layers: list[int] = []
+        self.with_logits = False
+        self.norm = False
+        self.users = 0
+
+    def compatible(self, needs: tuple) -> bool:
+        layers, _, norm = needs
+        return not layers or self.users == 0 or norm == self.norm
+
+    def add(self, needs: tuple) -> list[int]:
+        layers, with_logits, norm = needs
+        if not layers:
+            return []
+        if self.users == 0:
+            self.norm = norm
+        self.users += 1
+        self.with_logits = self.with_logits or with_logits
+        for il in layers:
+            if il not in self.layers:
+                self.layers.append(il)
+        return [self.layers.index(il) for il in layers]
+
+    def remove(self, needs: tuple) -> bool:
+        """Returns whether the readout is now off."""
+        if needs[0]:
+            self.users -= 1
+            if self.users == 0:
+                self.layers, self.with_logits, self.norm = [], False, False
+                return True
+        return False
+
+
+class Scheduler:
+    def __init__(self, llama, prefix_cache: bool = True) -> None:
+        self.llama = llama
+        self.prefix_cache = prefix_cache
+        self.lock = llama._lock  # direct users of the context (diagnostics, tests) exclude steps too
+        self.work = threading.Condition(self.lock)
+        self.slots = [Slot(seq=i) for i in range(llama.n_seq_max)]
+        self.waiting: deque[Job] = deque()
+        self.running: list[Job] = []
+        self.latent = _LatentSet()
+        self.capacity = llama.n_ctx_seq  # cells of one slot
+        self._clock = itertools.count(1)
+
+    # --- the public side ----------------------------------------------------------------------------------
+
+    def check(self, job: Job) -> None:
+        """The errors a job would meet at admission, raised now (at the call, before anything runs)."""
+        if job.n > len(self.slots):
+            raise ValueError(f"n={job.n} exceeds this Llama's n_seq_max={len(self.slots)}; "
+                             f"create Llama(..., n_seq_max={job.n})")
+        if len(job.prompt) + (1 if job.readout is None else 0) > self.capacity:
+            raise ValueError(
+                f"the prompt has {len(job.prompt)} tokens, which leaves no room in a sequence's context window "
+                f"({self.capacity} = n_ctx {self.llama.n_ctx} / n_seq_max {len(self.slots)}); shorten it or "
+                "create Llama(..., n_ctx=larger)")
+
+    def submit(self, job: Job) -> Job:
+        self.check(job)
+        with self.lock:
+            self.llama._check_open()
+            self.waiting.append(job)
+            self.work.notify_all()
+        return job
+
+    def cancel(self, job: Job) -> None:
+        """Stop a job at the next step (a consumer that went away); its slots keep their cells as cache."""
+        with self.lock:
+            job.cancelled = True
+            self.work.notify_all()
+
+    def results(self, job: Job) -> Iterator[Delta]:
+        """The job's deltas as they come, running steps in this thread while it waits for them."""
+        try:
+            while True:
+                with self.lock:
+                    while not job.pending and not job.finished:
+                        self.step()
+                    items = list(job.pending)
+                    job.pending.clear()
+                    finished = job.finished
+                yield from items
+                if finished:
+                    if job.error is not None:
+                        raise job.error
+                    return
+        finally:
+            if not job.finished:
+                self.cancel(job)
+
+    def run(self, job: Job) -> Job:
+        """Submit and run a job to its end; returns it (deltas consumed, result and usage filled)."""
+        for _ in self.results(self.submit(job)):
+            pass
+        return job
+
+    def drive(self, stop: threading.Event) -> None:
+        """Run steps whenever there is work, until `stop` is set (the server's worker thread)."""
+        with self.lock:
+            while not stop.is_set():
+                if self.waiting or self.running:
+                    self.step()
+                else:
+                    self.work.wait(timeout=0.5)
+
+    def clear(self) -> None:
+        """Forget every cached prefix: the KV cache was cleared. Jobs in flight lost their cells and fail."""
+        with self.lock:
+            for job in list(self.running):
+                job.error = RuntimeError("the context was reset while this request was running")
+                self._finish(job, None)
+            for slot in self.slots:
+                slot.tokens = []
+
+    # --- one step -----------------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        with self.lock:
+            self.llama._check_open()
+            self._admit()
+            for job in list(self.running):
+                if job.cancelled:
+                    self._finish(job, "cancelled")
+                elif not job.prefilling and job.readout is None:
+                    try:
+                        self._sample(job)
+                    except Exception as e:  # this job's sampler failed: it ends, the others go on
+                        job.error = e
+                        self._finish(job, None)
+            entries, owners = self._batch()
+            if entries:
+                self._decode(entries, owners)
+
+    def _admit(self) -> None:
+        while self.waiting:
+            job = self.waiting[0]
+            if job.cancelled:
+                self.waiting.popleft()
+                job.finished = True
+                self._notify(job)
+                continue
+            free = [s for s in self.slots if s.job is None]
+            if len(free) < job.n:
+                return  # first come, first served: later jobs wait behind it
+            try:
+                needs = job.spec.graph_needs(self.llama) if job.readout is None else (job.readout[0], True, job.readout[1])
+            except Exception as e:
+                self.waiting.popleft()
+                job.error, job.finished = e, True
+                self._notify(job)
+                continue
+            if not self.latent.compatible(needs):
+                return
+            self.waiting.popleft()
+            try:
+                self._start(job, free, needs)
+            except Exception as e:
+                job.error = e
+                self._finish(job, None)
+
+    def _start(self, job: Job, free: list[Slot], needs: tuple) -> None:
+        # sample 0: the free slot whose cache shares the longest prefix with the prompt (then the least
+        # recently used); the others: the least recently used of the rest
+        def reuse(slot: Slot) -> int:
+            return common_prefix(slot.tokens, job.prompt) if self.prefix_cache else 0
+
+        first = max(free, key=lambda s: (reuse(s), -s.last_used))
+        rest = sorted((s for s in free if s is not first), key=lambda s: s.last_used)[: job.n - 1]
+        keep = min(reuse(first), len(job.prompt) - 1)  # the last prompt token is evaluated again: its row
+        self._truncate(first, keep)
+        for slot in rest:
+            self._truncate(slot, 0)
+        for seq, slot in zip(job.seqs, [first, *rest]):
+            seq.slot, slot.job = slot, job
+        job.needs = needs
+        job.latent_index = self.latent.add(needs)
+        job.prefilled = job.cached_tokens = keep
+        job.usage["prompt_tokens_details"]["cached_tokens"] = keep
+        if job.readout is None:
+            job.samplers = NativeSamplers(self.llama, job.spec, [s.seed for s in job.seqs], job.latent_index)
+        self.running.append(job)
+
+    def _truncate(self, slot: Slot, keep: int) -> None:
+        # always told to llama.cpp: a direct decode (tests, the entropy profile) may have written the slot
+        self.llama._lib.llama_memory_seq_rm(self.llama._memory(), slot.seq, keep, -1)
+        del slot.tokens[keep:]
+
+    def _sample(self, job: Job) -> None:
+        n_prompt, stop, llama = len(job.prompt), job.stop, self.llama
+        longest_stop = max((len(s) for s in stop), default=0)
+        for s in job.seqs:
+            if s.finish_reason is not None or s.row is None:
+                continue
+            token = job.samplers.sample(s.index, s.row)
+            s.row = None
+            if job.trace:
+                s.pending_trace.append({"token": token, **(job.samplers.trace(s.index) or {})})
+            if llama.is_eog(token):
+                s.finish_reason = "stop"
+            else:
+                s.tokens.append(token)
+                job.usage["completion_tokens"] += 1
+                before = len(s.text)
+                s.text += s.decoder.decode(llama.token_to_bytes(token))
+                if stop:
+                    window = max(0, before - longest_stop + 1)
+                    hits = [p for p in (s.text.find(x, window) for x in stop) if p >= 0]
+                    if hits:
+                        s.text = s.text[: min(hits)]
+                        s.finish_reason, s.cut = "stop", True
+                if s.finish_reason is None and job.max_tokens is not None and len(s.tokens) >= job.max_tokens:
+                    s.finish_reason = "length"
+                if s.finish_reason is None and n_prompt + len(s.tokens) > self.capacity:
+                    s.finish_reason = "length"  # its stream has no cell left for this token
+            if s.finish_reason is None:
+                s.pending_token = token
+        job.usage["total_tokens"] = n_prompt + job.usage["completion_tokens"]
+        self._emit(job)
+        if all(s.finish_reason is not None for s in job.seqs):
+            self._finish(job, None)
+
+    def _emit(self, job: Job) -> None:
+        for s in job.seqs:
+            if s.closed:
+                continue
+            if s.finish_reason is not None:
+                if not s.cut:
+                    s.text += s.decoder.decode(b"", final=True)
+                end = len(s.text)
+            else:
+                end = len(s.text) - held_back(s.text, job.stop)
+            if end > s.emitted or s.finish_reason is not None or (job.trace and s.pending_trace):
+                job.pending.append(Delta(s.index, s.text[s.emitted: end], s.finish_reason,
+                                         s.pending_trace if job.trace else None))
+                s.emitted, s.pending_trace = end, []
+            s.closed = s.finish_reason is not None
+        self._notify(job)
+
+    def _finish(self, job: Job, reason: str | None) -> None:
+        """End a job: unfinished samples end with `reason`, its slots are freed (keeping their cells)."""
+        if reason is not None and job.readout is None and not job.prefilling:
+            for s in job.seqs:
+                if s.finish_reason is None:
+                    s.finish_reason = reason
+            self._emit(job)
+        if job in self.running:
+            self.running.remove(job)
+        now = next(self._clock)
+        for slot in job.slots:
+            slot.job, slot.last_used = None, now
+        for s in job.seqs:
+            s.slot = None
+        if job.samplers is not None:
+            job.samplers.close()
+            job.samplers = None
+        if self.latent.remove(job.needs):
+            self.llama._set_latents((), False, False)  # the graph is upstream's again until a job needs more
+        job.needs = ((), False, False)
+        job.finished = True
+        self._notify(job)
+
+    def _notify(self, job: Job) -> None:
+        if job.notify is not None:
+            job.notify()
+
+    # --- the batch ----------------------------------------------------------------------------------------
+
+    def _batch(self) -> tuple[list[tuple[int, int, int, bool]], list[tuple[Job, _Sequence | None]]]:
+        entries: list[tuple[int, int, int, bool]] = []
+        owners: list[tuple[Job, _Sequence | None]] = []
+        for job in self.running:
+            for s in job.seqs:
+                if s.pending_token is not None:
+                    entries.append((s.pending_token, len(job.prompt) + len(s.tokens) - 1, s.slot.seq, True))
+                    owners.append((job, s))
+        budget = self.llama.n_batch - len(entries)
+        for job in self.running:
+            if budget <= 0:
+                break
+            if not job.prefilling:
+                continue
+            first = job.seqs[0].slot
+            end = min(len(job.prompt), job.prefilled + budget)
+            for pos in range(job.prefilled, end):
+                last = pos == len(job.prompt) - 1
+                entries.append((job.prompt[pos], pos, first.seq, last))
+                owners.append((job, None) if last else (job, "prompt"))
+            budget -= end - job.prefilled
+        return entries, owners
+
+    def _decode(self, entries: list, owners: list) -> None:
+        try:
+            self.llama._set_latents(self.latent.layers, self.latent.with_logits, self.latent.norm)
+            outputs = iter(self.llama._decode(entries))
+        except Exception as e:  # the jobs in this batch end with the error; what their slots hold is unknown
+            for job in {job for job, _ in owners}:
+                for slot in job.slots:
+                    self.llama._lib.llama_memory_seq_rm(self.llama._memory(), slot.seq, 0, -1)
+                    slot.tokens = []
+                job.error = e
+                self._finish(job, None)
+            return
+        for (token, pos, seq_id, wants), (job, who) in zip(entries, owners):
+            self.slots[seq_id].tokens.append(token)
+            if isinstance(who, _Sequence):
+                who.pending_token, who.row = None, next(outputs)
+            elif who == "prompt":
+                job.prefilled += 1
+            else:  # the prompt's last token: its row is where every sample starts
+                job.prefilled += 1
+                job.prompt_row = next(outputs)
+                self._prompt_done(job)
+
+    def _prompt_done(self, job: Job) -> None:
+        first = job.seqs[0].slot
+        if job.readout is not None:
+            try:
+                job.result = self._read_rows(job)
+            except Exception as e:
+                job.error = e
+            self._finish(job, None)
+            return
+        n_prompt = len(job.prompt)
+        for s in job.seqs[1:]:
+            # another stream: llama.cpp copies the cells (whole streams only), before the next decode
+            self.llama._lib.llama_memory_seq_cp(self.llama._memory(), first.seq, s.slot.seq, -1, -1)
+            s.slot.tokens = list(first.tokens[:n_prompt])
+        for s in job.seqs:
+            s.row = job.prompt_row
+
+    def _read_rows(self, job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        llama, row = self.llama, job.prompt_row
+        n_lat, n_embd, n_vocab = len(self.latent.layers), llama.n_embd(), llama.n_vocab()
+        states = llama._lib.llama_get_latent_states_ith(llama._ctx, row)
+        logits = llama._lib.llama_get_latent_logits_ith(llama._ctx, row)
+        if states == ffi.NULL or logits == ffi.NULL:
+            raise RuntimeError("this model's graph offers no latent readout (see the log with verbose=True)")
+        pick = job.latent_index
+        hidden = np.frombuffer(ffi.buffer(states, 4 * n_lat * n_embd), np.float32).reshape(n_lat, n_embd)[pick].copy()
+        lat = np.frombuffer(ffi.buffer(logits, 4 * n_lat * n_vocab), np.float32).reshape(n_lat, n_vocab)[pick].copy()
+        return hidden, lat, llama._logits(row)
