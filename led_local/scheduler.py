@@ -192,6 +192,7 @@ class Scheduler:
         self.running: list[Job] = []
         self.latent = _LatentSet()
         self.capacity = llama.n_ctx_seq  # cells of one slot
+        self.decodes = 0                 # llama_decode calls so far (how much the jobs shared them)
         self._clock = itertools.count(1)
 
     # --- the public side ----------------------------------------------------------------------------------
@@ -443,6 +444,7 @@ class Scheduler:
     def _decode(self, entries: list, owners: list) -> None:
         try:
             self.llama._set_latents(self.latent.layers, self.latent.with_logits, self.latent.norm)
+            self.decodes += 1
             outputs = iter(self.llama._decode(entries))
         except Exception as e:  # the jobs in this batch end with the error; what their slots hold is unknown
             for job in {job for job, _ in owners}:

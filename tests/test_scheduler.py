@@ -1,0 +1,136 @@
+"""The scheduler (led_local/scheduler.py): prefix reuse, continuous batching, chunked prompts, and that a
+seeded request gives the same tokens alone, beside others, or after a cached prefix (real llama.cpp)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from led_local import Llama
+from led_local.scheduler import Job
+from led_local.sampling import LEDSampling, LEDConfig, StandardSampling
+
+A = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg"
+KW = dict(max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_path):
+    with Llama(smollm2_path, n_threads=1, n_seq_max=4, n_ctx=4096) as llm:
+        yield llm
+
+
+@pytest.fixture(scope="module")
+def fresh(smollm2_path):
+    """The reference: no prefix cache, every prompt evaluated from an empty sequence."""
+    with Llama(smollm2_path, n_threads=1, n_seq_max=4, n_ctx=4096, prefix_cache=False) as llm:
+        yield llm
+
+
+def tokens_of(llm, prompt, **kw) -> tuple[list[int], dict]:
+    r = llm.create_completion(prompt, trace=True, **kw)
+    return [t["token"] for t in r["choices"][0]["led_trace"]["steps"]], r["usage"]
+
+
+def test_prefix_reuse_equals_a_fresh_context(smol, fresh):
+    """A cached prefix that diverges mid-way, a prompt shorter than the cache, one equal to it: the same
+    greedy and seeded tokens as a fresh context, and only what differs is evaluated."""
+    whole = smol.tokenize(A)
+    diverging = whole[:10] + smol.tokenize(" and a dog", add_bos=False)
+    shorter = whole[:12]
+    for kw in (dict(max_tokens=24, temperature=0.0), KW):
+        smol.reset()
+        # (the equal prompt's last token is evaluated again: its row is where sampling starts)
+        expect = [("whole", whole, 0), ("shorter", shorter, 11), ("equal", shorter, 11), ("diverging", diverging, 10)]
+        for name, prompt, cached in expect:
+            got, usage = tokens_of(smol, prompt, **kw)
+            assert got == tokens_of(fresh, prompt, **kw)[0], name
+            assert usage["prompt_tokens_details"]["cached_tokens"] == cached, name
+
+
+def test_cached_tokens_on_the_second_turn_of_a_chat(smol):
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    first = smol.create_chat_completion(msgs, max_tokens=16, temperature=0)
+    msgs += [first["choices"][0]["message"], {"role": "user", "content": "And another one?"}]
+    second = smol.create_chat_completion(msgs, max_tokens=16, temperature=0)
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= first["usage"]["prompt_tokens"]  # the whole first turn, at least its prompt, was reused
+
+
+def test_prefix_cache_off(fresh):
+    fresh.create_completion(A, max_tokens=4, temperature=0)
+    r = fresh.create_completion(A, max_tokens=4, temperature=0)
+    assert r["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
+def test_concurrent_requests_with_different_samplers_equal_their_solo_runs(smol, fresh):
+    """Three threads, three samplers, one context: decoded together (fewer decodes than tokens) and each
+    equal to its run alone."""
+    calls = {
+        "standard": dict(prompt="Once upon a time", max_tokens=24, temperature=0.9, seed=1),
+        "led": dict(prompt="The capital of France is", max_tokens=24, temperature=0.8, seed=2, sampler="led"),
+        "dola": dict(prompt="The tallest mountain is", max_tokens=24, temperature=0.0, sampler="dola"),
+    }
+    alone = {k: fresh.create_completion(**c)["choices"][0]["text"] for k, c in calls.items()}
+    got, errors = {}, []
+    start = threading.Barrier(len(calls))
+    decodes = smol._scheduler.decodes
+
+    def run(name: str) -> None:
+        try:
+            start.wait()
+            got[name] = smol.create_completion(**calls[name])["choices"][0]["text"]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == alone
+    assert smol._scheduler.decodes - decodes < 3 * 24  # they shared decodes
+
+
+def test_a_long_prompt_is_chunked_between_the_others_steps(smollm2_path):
+    with Llama(smollm2_path, n_threads=1, n_seq_max=2, n_ctx=4096, n_batch=32) as llm:
+        s = llm._scheduler
+        streaming = s.submit(Job(prompt=llm.tokenize("Count from one:"), max_tokens=200, spec=StandardSampling(0.0)))
+        while streaming.prefilling:
+            s.step()
+        long = s.submit(Job(prompt=llm.tokenize(A * 8), max_tokens=1, spec=StandardSampling(0.0)))
+        steps = 0
+        while long.prefilling:
+            before = len(streaming.seqs[0].tokens)
+            s.step()
+            steps += 1
+            assert len(streaming.seqs[0].tokens) == before + 1  # the stream moved on at every step
+        assert steps >= len(long.prompt) // 32
+        s.cancel(streaming)
+        s.run(long)
+
+
+def test_mixed_latent_readouts_in_one_batch(tiny_paths):
+    """LED (on-demand head over its blocks) and DoLa (in-graph logits over others) decoded together: each
+    reads its own rows out of the union, and equals its solo run."""
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_seq_max=4, prefix_cache=False) as llm:
+        led = dict(max_tokens=16, temperature=0.8, seed=3, sampler="led", led=LEDConfig(d=3, k=8))
+        dola = dict(max_tokens=16, temperature=0.0, sampler="dola", dola_layers="low")
+        alone = [llm.create_completion("the cat", **led)["choices"][0]["text"],
+                 llm.create_completion("a dog", **dola)["choices"][0]["text"]]
+        s = llm._scheduler
+        streams = [llm.create_completion("the cat", stream=True, **led),
+                   llm.create_completion("a dog", stream=True, **dola)]
+        texts, live, widest = ["", ""], [0, 1], 0
+        while live:  # consumed in turns, so both jobs are in flight together
+            for i in list(live):
+                try:
+                    chunk = next(streams[i])
+                except StopIteration:
+                    live.remove(i)
+                    continue
+                texts[i] += "".join(ch["text"] for ch in chunk["choices"])
+                widest = max(widest, len(s.latent.layers))
+    assert texts == alone
+    assert widest == 3  # LED's blocks 2, 1 and DoLa's -1 (the embeddings) in one readout
