@@ -53,6 +53,10 @@ def stream_deltas(
     its steps while the deltas are consumed; fills `usage` as it goes."""
     job = Job(prompt=list(prompt_tokens), n=n, max_tokens=max_tokens, spec=spec, seed=seed, stop=stop,
               trace=trace, usage=usage)
+    return _deltas(llama, job)
+
+
+def _deltas(llama, job: Job) -> Iterator[Delta]:
     scheduler = llama._scheduler
     scheduler.check(job)  # bad requests fail at the call; the job is submitted when the deltas are asked for
 
@@ -85,26 +89,78 @@ def _sampler_spec(sampler: str, temperature, top_k, top_p, min_p, repeat_penalty
     return standard
 
 
-def _run(llama, tokens, *, n, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, stop, seed, sampler,
-         led, trace, dola_layers=None):
+def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int | None, temperature: float,
+            top_k: int, top_p: float, min_p: float, repeat_penalty: float, stop, seed: int | None, sampler: str,
+            led=None, trace: bool = False, dola_layers=None) -> tuple[Job, "Shape"]:
+    """A checked request, not yet submitted: the scheduler's job and the shape of its OpenAI results. Every
+    setting is checked against the model here, before anything runs."""
     max_tokens = _check_common(max_tokens, sampler)
     spec = _sampler_spec(sampler, temperature, top_k, top_p, min_p, repeat_penalty, led, dola_layers)
-    spec.graph_needs(llama)  # checks the settings against the model before anything runs
-    usage: dict = {}
-    deltas = stream_deltas(llama, tokens, n=n, max_tokens=max_tokens, spec=spec,
-                           seed=resolve_seed(seed, llama.seed), stop=_normalize_stop(stop), usage=usage,
-                           trace=bool(trace))
-    return deltas, usage
+    spec.graph_needs(llama)
+    job = Job(prompt=tokens, n=n, max_tokens=max_tokens, spec=spec, seed=resolve_seed(seed, llama.seed),
+              stop=_normalize_stop(stop), trace=bool(trace))
+    llama._scheduler.check(job)
+    return job, Shape(llama.model_path, chat=chat, n=n, trace=bool(trace), usage=job.usage)
 
 
-def _collect(deltas: Iterator[Delta], n: int, trace: bool) -> tuple[list[str], list, list]:
-    texts, reasons, traces = [""] * n, [None] * n, [[] for _ in range(n)]
-    for d in deltas:
-        texts[d.index] += d.text
-        reasons[d.index] = d.finish_reason or reasons[d.index]
-        if trace and d.trace:
-            traces[d.index] += d.trace
-    return texts, reasons, traces
+class Shape:
+    """OpenAI's shapes for one request's deltas: `text_completion` / `chat.completion` and their chunks."""
+
+    def __init__(self, model: str, *, chat: bool, n: int, trace: bool, usage: dict) -> None:
+        self.chat, self.n, self.trace, self.usage = chat, n, trace, usage
+        self.head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
+                     "model": model}
+        self._started: set[int] = set()
+
+    def chunk(self, d: Delta) -> dict:
+        if self.chat:
+            delta: dict = {} if d.index in self._started else {"role": "assistant"}
+            self._started.add(d.index)
+            if d.text:
+                delta["content"] = d.text
+            choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
+        else:
+            choice = {"text": d.text, "index": d.index, "logprobs": None, "finish_reason": d.finish_reason}
+        if self.trace:
+            choice["led_trace"] = d.trace or []
+        return {**self.head, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "choices": [choice]}
+
+    def last_chunk(self) -> dict:
+        """The stream's end: no choices, the usage."""
+        return {**self.head, "object": "chat.completion.chunk" if self.chat else "text_completion", "choices": [],
+                "usage": dict(self.usage)}
+
+    def response(self, deltas) -> dict:
+        texts, reasons, traces = [""] * self.n, [None] * self.n, [[] for _ in range(self.n)]
+        for d in deltas:
+            texts[d.index] += d.text
+            reasons[d.index] = d.finish_reason or reasons[d.index]
+            if self.trace and d.trace:
+                traces[d.index] += d.trace
+        if self.chat:
+            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
+                        "finish_reason": reasons[i]} for i in range(self.n)]
+        else:
+            choices = [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]}
+                       for i in range(self.n)]
+        if self.trace:
+            for i, c in enumerate(choices):
+                c["led_trace"] = _trace_summary(traces[i])
+        return {**self.head, "object": "chat.completion" if self.chat else "text_completion", "choices": choices,
+                "usage": self.usage}
+
+
+def deliver(llama, job: Job, shape: Shape, stream: bool) -> dict | Iterator[dict]:
+    """Run a prepared request on the Llama's scheduler, in the consuming thread: chunks, or the response."""
+    deltas = _deltas(llama, job)
+    if stream:
+        def chunks() -> Iterator[dict]:
+            for d in deltas:
+                yield shape.chunk(d)
+            yield shape.last_chunk()
+        return chunks()
+    return shape.response(deltas)
 
 
 def _trace_summary(steps: list[dict]) -> dict:
@@ -139,29 +195,11 @@ def create_completion(
     indices); trace=True adds each choice's per-token `led_trace` (LED: explored, depth m*, p_top1; DoLa:
     the premature layer).
     """
-    tokens = _prompt_tokens(llama, prompt)
-    deltas, usage = _run(llama, tokens, n=n, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, stop=stop, seed=seed,
-                         sampler=sampler, led=led, trace=trace, dola_layers=dola_layers)
-    cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-    head = {"id": cid, "object": "text_completion", "created": created, "model": llama.model_path}
-
-    if stream:
-        def chunks() -> Iterator[dict]:
-            for d in deltas:
-                choice = {"text": d.text, "index": d.index, "logprobs": None, "finish_reason": d.finish_reason}
-                if trace:
-                    choice["led_trace"] = d.trace or []
-                yield {**head, "choices": [choice]}
-            yield {**head, "choices": [], "usage": dict(usage)}
-        return chunks()
-
-    texts, reasons, traces = _collect(deltas, n, trace)
-    choices = [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]} for i in range(n)]
-    if trace:
-        for i, c in enumerate(choices):
-            c["led_trace"] = _trace_summary(traces[i])
-    return {**head, "choices": choices, "usage": usage}
+    job, shape = prepare(llama, _prompt_tokens(llama, prompt), chat=False, n=n, max_tokens=max_tokens,
+                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                         repeat_penalty=repeat_penalty, stop=stop, seed=seed, sampler=sampler, led=led, trace=trace,
+                         dola_layers=dola_layers)
+    return deliver(llama, job, shape, stream)
 
 
 def chat_prompt_tokens(llama, messages: list[dict]) -> list[int]:
@@ -192,32 +230,8 @@ def create_chat_completion(
     trace: bool = False,
 ) -> dict | Iterator[dict]:
     """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks."""
-    tokens = chat_prompt_tokens(llama, messages)
-    deltas, usage = _run(llama, tokens, n=n, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, stop=stop, seed=seed,
-                         sampler=sampler, led=led, trace=trace, dola_layers=dola_layers)
-    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-    head = {"id": cid, "created": created, "model": llama.model_path}
-
-    if stream:
-        def chunks() -> Iterator[dict]:
-            started: set[int] = set()
-            for d in deltas:
-                delta: dict = {} if d.index in started else {"role": "assistant"}
-                started.add(d.index)
-                if d.text:
-                    delta["content"] = d.text
-                choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
-                if trace:
-                    choice["led_trace"] = d.trace or []
-                yield {**head, "object": "chat.completion.chunk", "choices": [choice]}
-            yield {**head, "object": "chat.completion.chunk", "choices": [], "usage": dict(usage)}
-        return chunks()
-
-    texts, reasons, traces = _collect(deltas, n, trace)
-    choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
-                "finish_reason": reasons[i]} for i in range(n)]
-    if trace:
-        for i, c in enumerate(choices):
-            c["led_trace"] = _trace_summary(traces[i])
-    return {**head, "object": "chat.completion", "choices": choices, "usage": usage}
+    job, shape = prepare(llama, chat_prompt_tokens(llama, messages), chat=True, n=n, max_tokens=max_tokens,
+                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                         repeat_penalty=repeat_penalty, stop=stop, seed=seed, sampler=sampler, led=led, trace=trace,
+                         dola_layers=dola_layers)
+    return deliver(llama, job, shape, stream)

@@ -186,7 +186,10 @@ class Scheduler:
         self.llama = llama
         self.prefix_cache = prefix_cache
         self.lock = llama._lock  # direct users of the context (diagnostics, tests) exclude steps too
-        self.work = threading.Condition(self.lock)
+        # submitting and cancelling never wait for a step (an event loop calls them): jobs arrive through
+        # the inbox, cancellation is a flag, and the wakeup tells an idle driver
+        self.inbox: deque[Job] = deque()
+        self.wakeup = threading.Event()
         self.slots = [Slot(seq=i) for i in range(llama.n_seq_max)]
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
@@ -210,17 +213,20 @@ class Scheduler:
 
     def submit(self, job: Job) -> Job:
         self.check(job)
-        with self.lock:
-            self.llama._check_open()
-            self.waiting.append(job)
-            self.work.notify_all()
+        self.llama._check_open()
+        self.inbox.append(job)
+        self.wakeup.set()
         return job
 
     def cancel(self, job: Job) -> None:
         """Stop a job at the next step (a consumer that went away); its slots keep their cells as cache."""
-        with self.lock:
-            job.cancelled = True
-            self.work.notify_all()
+        job.cancelled = True
+        self.wakeup.set()
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for slots."""
+        return len(self.inbox) + len(self.waiting)
 
     def results(self, job: Job) -> Iterator[Delta]:
         """The job's deltas as they come, running steps in this thread while it waits for them."""
@@ -248,13 +254,15 @@ class Scheduler:
         return job
 
     def drive(self, stop: threading.Event) -> None:
-        """Run steps whenever there is work, until `stop` is set (the server's worker thread)."""
-        with self.lock:
-            while not stop.is_set():
-                if self.waiting or self.running:
-                    self.step()
-                else:
-                    self.work.wait(timeout=0.5)
+        """Run steps whenever there is work, until `stop` is set (the server's thread). The lock is let go
+        between steps."""
+        while not stop.is_set():
+            if not (self.inbox or self.waiting or self.running):
+                self.wakeup.wait(timeout=0.5)
+                self.wakeup.clear()
+                continue
+            with self.lock:
+                self.step()
 
     def clear(self) -> None:
         """Forget every cached prefix: the KV cache was cleared. Jobs in flight lost their cells and fail."""
@@ -270,6 +278,8 @@ class Scheduler:
     def step(self) -> None:
         with self.lock:
             self.llama._check_open()
+            while self.inbox:
+                self.waiting.append(self.inbox.popleft())
             self._admit()
             for job in list(self.running):
                 if job.cancelled:

@@ -4,17 +4,18 @@ Endpoints: GET /v1/models, POST /v1/completions, POST /v1/chat/completions, with
 (server-sent events). LED and DoLa are chosen by extra body fields: `sampler`, `led: {d, k, latent_norm,
 exploit, think_only}`, `dola_layers` (the official client passes them through `extra_body`).
 
-One llama.cpp context serves the requests one after another: a single worker thread takes jobs from a
-queue, so the context is only ever touched by that thread. Streaming chunks cross to the event loop through
-an asyncio queue; a client that goes away sets a flag the worker checks at every token, which ends its
-generation and frees the context for the next request.
+Requests are jobs of the Llama's scheduler (scheduler.py): a driver thread runs its steps, which decode
+every request in flight together, one llama_decode per step, each in its own slot with its cached prefix.
+A handler checks the request (a 400 before anything runs), submits the job and reads the deltas the steps
+hand it; a client that goes away cancels only its own job, at the next step. More than `max_queue`
+requests waiting for a slot get a 503 with Retry-After. Results are shaped by generate.py, the same code
+that shapes `Llama.create_*`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from .chat import ChatTemplateError
+from .generate import _prompt_tokens, chat_prompt_tokens, prepare
 from .llama import Llama
+from .scheduler import Job
 
 
 # --- request bodies --------------------------------------------------------------------------------------
@@ -84,10 +87,28 @@ class CompletionRequest(_Common):
     prompt: str
 
 
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "tool"]
-    content: str | None = ""
+    content: str | list[ContentPart] | None = ""
+
+    def as_text(self) -> dict:
+        """The message with its content as one string: desktop clients send a list of parts, of which a
+        text-only model reads the text ones; any other kind is refused by name."""
+        content = self.content
+        if isinstance(content, list):
+            other = sorted({p.type for p in content if p.type != "text"})
+            if other:
+                raise ApiError(f"content parts of type {', '.join(other)} are not supported by this text-only "
+                               "model; send text parts", "messages")
+            content = "".join(p.text or "" for p in content)
+        return {"role": self.role, "content": content}
 
 
 class ChatRequest(_Common):
@@ -98,96 +119,25 @@ class ChatRequest(_Common):
 
 class ApiError(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error", code: str | None = None) -> None:
+                 kind: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message, self.param, self.status, self.kind, self.code = message, param, status, kind, code
+        self.headers = headers
 
 
 def error_response(e: ApiError) -> JSONResponse:
-    return JSONResponse(status_code=e.status, content={
+    return JSONResponse(status_code=e.status, headers=e.headers, content={
         "error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}})
 
 
-# --- the worker that owns the context --------------------------------------------------------------------
+# --- requests on the scheduler ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Limits:
     max_n: int
     max_tokens: int
-
-
-class Worker:
-    """Runs jobs on one thread, in arrival order: the llama.cpp context never sees two threads."""
-
-    def __init__(self) -> None:
-        self.jobs: queue.Queue = queue.Queue()
-        self.closing = threading.Event()
-        self.current_cancel: threading.Event | None = None
-        self.thread = threading.Thread(target=self._loop, name="led-local-worker", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self.jobs.get()
-            if job is None:
-                return
-            job()
-
-    def shutdown(self) -> None:
-        """Stop the running stream at its next token, skip queued jobs, and wait for the thread: only then
-        may the model be freed."""
-        self.closing.set()
-        if self.current_cancel is not None:
-            self.current_cancel.set()
-        self.jobs.put(None)
-        self.thread.join()
-
-    async def call(self, fn: Callable[[], Any]) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-
-        def job() -> None:
-            try:
-                if self.closing.is_set():
-                    raise RuntimeError("the server is shutting down")
-                result = fn()
-            except BaseException as e:  # handed to the request that asked
-                loop.call_soon_threadsafe(future.set_exception, e)
-            else:
-                loop.call_soon_threadsafe(future.set_result, result)
-        self.jobs.put(job)
-        return await future
-
-    def stream(self, make_chunks: Callable[[], Any]) -> tuple[asyncio.Queue, threading.Event]:
-        """Start a streaming job; returns the queue its chunks arrive on (None ends it) and its cancel flag."""
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-
-        def job() -> None:
-            chunks = None
-            self.current_cancel = cancel
-            try:
-                if cancel.is_set() or self.closing.is_set():
-                    return
-                chunks = make_chunks()
-                for chunk in chunks:
-                    if cancel.is_set():
-                        break
-                    loop.call_soon_threadsafe(out.put_nowait, chunk)
-            except BaseException as e:
-                if not loop.is_closed():
-                    loop.call_soon_threadsafe(out.put_nowait, e)
-            finally:
-                if chunks is not None:
-                    chunks.close()  # frees the samplers and the context's lock on this very thread
-                self.current_cancel = None
-                try:
-                    loop.call_soon_threadsafe(out.put_nowait, None)
-                except RuntimeError:  # the event loop is gone (shutdown)
-                    pass
-        self.jobs.put(job)
-        return out, cancel
+    max_queue: int = 64  # requests waiting for a slot; beyond it: 503 with Retry-After
 
 
 def _to_api_error(e: BaseException) -> ApiError | None:
@@ -196,11 +146,56 @@ def _to_api_error(e: BaseException) -> ApiError | None:
     return None
 
 
+class Driver:
+    """The thread that runs the Llama's scheduler steps (scheduler.py, the one token loop) whenever a request
+    is in flight; requests only submit jobs and read what the steps hand them."""
+
+    def __init__(self, llama: Llama) -> None:
+        self.scheduler = llama._scheduler
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.scheduler.drive, args=(self.stop,), name="led-local-steps",
+                                       daemon=True)
+        self.thread.start()
+
+    def shutdown(self) -> None:
+        """End every job at its next step and wait for the thread: only then may the model be freed."""
+        self.stop.set()
+        self.scheduler.wakeup.set()
+        self.thread.join()
+        s = self.scheduler
+        with s.lock:  # what is still in flight ends now, cancelled
+            for job in [*s.inbox, *s.waiting, *s.running]:
+                job.cancelled = True
+            while s.inbox or s.waiting or s.running:
+                s.step()
+
+    async def deltas(self, job: Job):
+        """Submit a job and yield its deltas as the steps produce them; a consumer that leaves cancels it."""
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        job.notify = lambda: loop.call_soon_threadsafe(ready.set)
+        self.scheduler.submit(job)
+        try:
+            while True:
+                await ready.wait()
+                ready.clear()
+                finished = job.finished
+                while job.pending:
+                    yield job.pending.popleft()
+                if finished:
+                    if job.error is not None:
+                        raise job.error
+                    return
+        finally:
+            if not job.finished:
+                self.scheduler.cancel(job)
+
+
 def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
     limits = limits or Limits(max_n=llama.n_seq_max, max_tokens=2048)
-    worker = Worker()
+    driver = Driver(llama)
     app = FastAPI(title="led-local", version="0.1.0")
-    app.state.worker = worker
+    app.state.driver = driver
 
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
@@ -224,61 +219,49 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(time.time()),
                                             "owned_by": "led-local"}]}
 
-    async def respond(body: _Common, run: Callable[..., Any], default_max_tokens: int | None):
+    async def respond(body: _Common, tokens: Callable[[], list[int]], chat: bool, default_max_tokens: int | None):
         kwargs = body.generation_kwargs(limits, default_max_tokens)
-        if not body.stream:
-            try:
-                result = await worker.call(lambda: run(**kwargs))
-            except Exception as e:
-                api = _to_api_error(e)
-                if api is None:
-                    raise
-                raise api from None
-            return {**result, "model": model_id}
-
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        # validate before the stream starts, so bad requests still get a 400 and not a broken stream
         try:
-            await worker.call(lambda: _dry_run(llama, run, kwargs))
+            job, shape = prepare(llama, tokens(), chat=chat, **kwargs)
         except Exception as e:
             api = _to_api_error(e)
             if api is None:
                 raise
             raise api from None
-        chunks, cancel = worker.stream(lambda: run(stream=True, **kwargs))
+        if driver.scheduler.queued >= limits.max_queue:
+            raise ApiError(f"the server is busy ({limits.max_queue} requests are waiting for a slot); retry shortly",
+                           status=503, kind="server_error", code="server_busy", headers={"Retry-After": "1"})
+        shape.head["model"] = model_id
+
+        if not body.stream:
+            deltas = [d async for d in driver.deltas(job)]
+            return shape.response(deltas)
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def events():
+            gen = driver.deltas(job)
             try:
-                while True:
-                    item = await chunks.get()
-                    if item is None:
-                        break
-                    if isinstance(item, BaseException):
-                        err = _to_api_error(item) or ApiError(str(item), status=500, kind="server_error")
-                        yield {"data": json.dumps({"error": {"message": err.message, "type": err.kind}})}
-                        break
-                    if not item["choices"] and not include_usage:
-                        continue
-                    yield {"data": json.dumps({**item, "model": model_id})}
+                async for d in gen:
+                    yield {"data": json.dumps(shape.chunk(d))}
+                if include_usage:
+                    yield {"data": json.dumps(shape.last_chunk())}
                 yield {"data": "[DONE]"}
+            except Exception as e:  # noqa: BLE001  (the stream has started: the error goes in it)
+                err = _to_api_error(e) or ApiError(str(e), status=500, kind="server_error")
+                yield {"data": json.dumps({"error": {"message": err.message, "type": err.kind}})}
             finally:
-                cancel.set()  # the client left (or the stream ended): stop generating at the next token
+                await gen.aclose()  # a client that went away cancels its job at the next step
 
         return EventSourceResponse(events(), ping=15)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        return await respond(body, lambda **kw: llama.create_completion(body.prompt, **kw), 16)
+        return await respond(body, lambda: _prompt_tokens(llama, body.prompt), False, 16)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
-        messages = [m.model_dump() for m in body.messages]
-        return await respond(body, lambda **kw: llama.create_chat_completion(messages, **kw), None)
+        messages = [m.as_text() for m in body.messages]
+        return await respond(body, lambda: chat_prompt_tokens(llama, messages), True, None)
 
     return app
-
-
-def _dry_run(llama: Llama, run: Callable[..., Any], kwargs: dict) -> None:
-    """Everything a request is checked against (prompt length, sampler settings) without generating."""
-    gen = run(stream=True, **kwargs)  # validation happens when the call is made; the stream is not started
-    gen.close()

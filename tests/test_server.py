@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +29,7 @@ def server(tiny_paths):
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "led_local.cli", "serve", "--model", str(tiny_paths["qwen2-no-eos"]), "--threads", "1",
-         "--port", str(port), "--api-key", KEY, "--max-n", "4", "--max-tokens-limit", "16000", "--ctx", "16384"],
+         "--port", str(port), "--api-key", KEY, "--parallel", "4", "--max-tokens-limit", "16000", "--ctx", "16384"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 60
@@ -240,3 +242,91 @@ def test_binds_loopback_by_default_and_takes_the_key_from_the_environment(tiny_p
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_content_parts(client, direct):
+    parts = [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]
+    r = client.chat.completions.create(model="x", messages=[{"role": "user", "content": parts}],
+                                       **_server_kwargs({}))
+    want = direct.create_chat_completion(CHAT, **BASE)["choices"][0]["message"]["content"]
+    assert r.choices[0].message.content == want  # the same as the plain string "hello"
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=[{"role": "user", "content": [parts[0], image]}],
+                                       max_tokens=4)
+    assert "image_url" in e.value.response.json()["error"]["message"]
+
+
+def test_a_disconnect_leaves_the_other_streams_intact(server, client):
+    """Two streams decoded side by side; one client hangs up; the other's text is its solo run's."""
+    body = {"prompt": "the cat", "max_tokens": 200, "temperature": 1.0, "seed": 9}
+    alone = client.completions.create(model="x", **body).choices[0].text
+    got: list[str] = []
+
+    def keep() -> None:
+        text = ""
+        with httpx.stream("POST", f"{server}/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={**body, "stream": True}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    text += json.loads(line[6:])["choices"][0]["text"]
+        got.append(text)
+
+    t = threading.Thread(target=keep)
+    t.start()
+    with httpx.stream("POST", f"{server}/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={**body, "max_tokens": 3000, "stream": True}, timeout=60) as r:
+        for i, _ in enumerate(r.iter_lines()):
+            if i > 10:
+                break  # hang up
+    t.join(timeout=120)
+    assert got == [alone]
+
+
+def _start_server(model, *args: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "serve", "--model", str(model), "--threads", "1",
+                             "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            httpx.get(f"{base}/models", timeout=1)
+            return proc, base
+        except httpx.HTTPError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+    raise RuntimeError("the server did not start")
+
+
+def test_full_queue_gets_503_and_sigterm_ends_streams_cleanly(tiny_paths):
+    proc, base = _start_server(tiny_paths["qwen2-no-eos"], "--parallel", "1", "--max-queue", "1",
+                               "--max-tokens-limit", "100000", "--ctx", "100000")
+    try:
+        long = {"prompt": "the cat", "max_tokens": 90000, "temperature": 1.0, "seed": 1, "stream": True}
+        ended: list[str] = []
+
+        def stream() -> None:
+            last = ""
+            with httpx.stream("POST", f"{base}/completions", json=long, timeout=60) as r:
+                for line in r.iter_lines():
+                    last = line or last
+            ended.append(last)
+
+        first = threading.Thread(target=stream)  # takes the one slot
+        first.start()
+        time.sleep(1.0)
+        second = threading.Thread(target=stream)  # waits in the queue
+        second.start()
+        time.sleep(1.0)
+        r = httpx.post(f"{base}/completions", json={"prompt": "x", "max_tokens": 2}, timeout=10)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "server_error"
+        proc.send_signal(signal.SIGTERM)
+        first.join(timeout=30)
+        second.join(timeout=30)
+        assert not first.is_alive() and not second.is_alive()  # the streams ended, nothing hangs
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
