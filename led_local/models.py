@@ -42,6 +42,7 @@ class ModelEntry:
     packages: tuple[str, ...]
     files: str
     note: str = ""
+    latent_reservoir: bool | None = None  # measured with `led-local entropy-profile` (docs/benchmarks.md)
 
 
 def _registry_file() -> Path:

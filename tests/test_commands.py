@@ -247,3 +247,36 @@ def test_chat_without_template_is_refused(tmp_path):
     assert r.returncode == 2 and "no chat template" in r.stderr
     r = _cli("chat", "--model", str(tmp_path / "missing.gguf"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_chat_drops_old_turns_once_then_keeps_its_cache(tiny_paths):
+    """Past the window, chat drops down to half of it, so the following turns extend the cached prefix."""
+    from led_local.commands.chat import Session
+
+    with Llama(tiny_paths["llama-tied"], n_threads=1, n_seq_max=1, n_ctx=300) as llm:
+        s = Session(llm=llm, sampler="standard", settings={"max_tokens": 40})
+        drops = []
+        for i in range(12):
+            s.turns.append({"role": "user", "content": f"message {i} " + "word " * 4})
+            drops.append(s.fit_context())
+            s.turns.append({"role": "assistant", "content": "reply " * 4})
+        events = [i for i, d in enumerate(drops) if d]
+        assert events and all(b - a > 2 for a, b in zip(events, events[1:]))  # not on every turn
+        from led_local.generate import chat_prompt_tokens
+        assert len(chat_prompt_tokens(llm, s.messages())) + 40 <= 300
+
+
+def test_chat_says_once_when_led_will_rarely_explore(tmp_path, smollm2_path):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(smollm2_path.parent)  # the registry key, from the warm cache
+    c = spawn_chat("smollm2-135m", tmp_path, "--max-tokens", "4")
+    c.expect("no latent entropy reservoir")
+    c.expect("--model qwen2.5-coder-1.5b has one")
+    c.expect("you> ")
+    c.sendline("/sampler standard")
+    c.expect("you> ")
+    c.sendline("/sampler led")
+    i = c.expect(["no latent entropy reservoir", "you> "])
+    assert i == 1  # once only
+    leave(c)
+    c.expect(pexpect.EOF)

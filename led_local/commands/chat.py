@@ -70,9 +70,22 @@ class Session:
     turns: list[dict] = field(default_factory=list)
     show_think: bool = True
     last: dict = field(default_factory=dict)
+    model_key: str | None = None   # the registry key, when the model came from the registry
+    noticed: bool = False
     total_tokens: int = 0
     total_explored: int = 0
     total_steps: int = 0
+
+    def reservoir_notice(self) -> None:
+        """Once: LED on a model measured to have no latent entropy reservoir will rarely explore."""
+        entry = models.REGISTRY.get(self.model_key or "")
+        if self.sampler != "led" or self.noticed or entry is None or entry.latent_reservoir is not False:
+            return
+        self.noticed = True
+        better = next((m.key for m in models.REGISTRY.values() if m.latent_reservoir), None)
+        click.echo(click.style(
+            f"note: {entry.key}'s last blocks hold no latent entropy reservoir (`led-local entropy-profile`), so "
+            "LED will rarely explore on it" + (f"; --model {better} has one" if better else ""), fg="yellow"))
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
@@ -85,14 +98,19 @@ class Session:
                 "seed": s["seed"]}
 
     def fit_context(self) -> int:
-        """Drop the oldest turns until the prompt and a full answer fit; returns how many were dropped."""
+        """When the prompt and a full answer no longer fit, drop the oldest turns down to half the room, so
+        that the next turns add to the cached conversation instead of each cutting its start again (which
+        would make the model evaluate the whole conversation on every turn). Returns how many were dropped."""
+        room = self.llm.n_ctx - self.settings["max_tokens"]  # for the prompt
+
+        def prompt_len() -> int:
+            return len(chat_prompt_tokens_unchecked(self.llm, self.messages()))
+
         dropped = 0
-        while True:
-            n_prompt = len(chat_prompt_tokens_unchecked(self.llm, self.messages()))
-            if n_prompt + self.settings["max_tokens"] <= self.llm.n_ctx or len(self.turns) <= 1:
-                return dropped
+        while len(self.turns) > 1 and prompt_len() > (room // 2 if dropped else room):
             self.turns = self.turns[2:] if len(self.turns) > 2 else self.turns[1:]
             dropped += 1
+        return dropped
 
 
 def chat_prompt_tokens_unchecked(llm, messages: list[dict]) -> list[int]:
@@ -132,6 +150,7 @@ def handle_command(session: Session, line: str) -> bool:
             raise ValueError("/sampler takes led, standard or dola")
         session.sampler = arg
         click.echo(f"sampler: {arg}")
+        session.reservoir_notice()
     elif cmd == "set":
         if "=" not in arg:
             raise ValueError("/set takes key=value, e.g. /set temperature=0.8")
@@ -267,9 +286,10 @@ def chat(model, threads, sampling, max_tokens, n_ctx, system, seed, hide_think):
                     "latent_norm": led.latent_norm, "exploit": led.exploit, "think_only": led.think_only,
                     "dola_layers": sampling.get("dola_layers", "high")}
         session = Session(llm=llm, sampler=sampling["sampler"], settings=settings, system=system,
-                          show_think=not hide_think)
+                          show_think=not hide_think, model_key=model if model in models.REGISTRY else None)
         click.echo(f"led-local chat: {Path(llm.model_path).name}, sampler {session.sampler}. "
                    "/help for commands, Ctrl-D to leave.")
+        session.reservoir_notice()
         read = _reader()
         while True:
             try:
