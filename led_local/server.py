@@ -214,6 +214,13 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
     async def api_error(request: Request, exc: ApiError):
         return error_response(exc)
 
+    @app.get("/health")
+    async def health():
+        """llama-server's readiness probe, with what the slots are doing."""
+        s = driver.scheduler
+        busy = sum(1 for slot in s.slots if slot.job is not None)
+        return {"status": "ok", "slots_idle": len(s.slots) - busy, "slots_processing": busy, "queued": s.queued}
+
     @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(time.time()),

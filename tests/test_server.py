@@ -281,6 +281,13 @@ def test_a_disconnect_leaves_the_other_streams_intact(server, client):
                 break  # hang up
     t.join(timeout=120)
     assert got == [alone]
+    # the hung-up job was cancelled at its next step: no slot stays busy
+    deadline = time.time() + 10
+    while httpx.get(f"{server.rsplit('/v1', 1)[0]}/health", headers={"Authorization": f"Bearer {KEY}"},
+                    timeout=5).json()["slots_processing"] and time.time() < deadline:
+        time.sleep(0.1)
+    health = httpx.get(f"{server.rsplit('/v1', 1)[0]}/health", headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
+    assert health.json() == {"status": "ok", "slots_idle": 4, "slots_processing": 0, "queued": 0}
 
 
 def _start_server(model, *args: str) -> tuple[subprocess.Popen, str]:
