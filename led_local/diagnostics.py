@@ -13,7 +13,8 @@ import numpy as np
 
 from ._native import ffi
 from .generate import chat_prompt_tokens
-from .sampling import NativeSamplers, StandardSampling
+from .sampling import StandardSampling
+from .scheduler import Job
 
 
 @dataclass(frozen=True)
@@ -58,39 +59,34 @@ def normalized_entropy(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 
 def _profile_pass(llama, prompts: list[list[dict]], norm: bool, max_tokens: int, temperature: float, seed: int):
+    """One generation per prompt on the Llama's scheduler, reading every block through the head (on demand,
+    per token) before each token is sampled."""
     n_layer, n_vocab = llama.n_layer(), llama.n_vocab()
-    blocks = list(range(n_layer))
-    sums, final_sum, top1_sum, count = np.zeros(n_layer), 0.0, 0.0, 0
+    sums, totals = np.zeros(n_layer), {"final": 0.0, "top1": 0.0, "count": 0}
     spec = StandardSampling(temperature=temperature, top_k=0, top_p=1.0, min_p=0.0)
-    with llama._lock:
-        llama._set_latents(blocks, False, norm)  # states only: the head runs per token on demand
-        try:
-            for p_index, messages in enumerate(prompts):
-                tokens = (chat_prompt_tokens(llama, messages) if llama.chat_template()
-                          else llama.tokenize(messages[-1]["content"], special=True))
-                llama.reset()
-                (row,) = llama._decode([(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
-                with NativeSamplers(llama, spec, [seed + p_index]) as sampler:
-                    for step in range(max_tokens):
-                        final = llama._logits(row)
-                        ptr = llama._lib.llama_get_latent_logits_ith(llama._ctx, row)
-                        if ptr == ffi.NULL:
-                            raise RuntimeError("this model's graph offers no latent readout")
-                        lat = np.frombuffer(ffi.buffer(ptr, 4 * n_layer * n_vocab), np.float32).reshape(n_layer, n_vocab)
-                        sums += normalized_entropy(lat, temperature)
-                        final_sum += float(normalized_entropy(final[None], temperature)[0])
-                        z = final.astype(np.float64) / (temperature or 1.0)
-                        top1_sum += float(1.0 / np.exp(z - z.max()).sum())
-                        count += 1
-                        token = sampler.sample(0, row)
-                        pos = len(tokens) + step
-                        if llama.is_eog(token) or pos + 1 >= llama.n_ctx_seq:
-                            break
-                        (row,) = llama._decode([(token, pos, 0, True)])
-        finally:
-            llama._set_latents((), False, False)
-            llama.reset()
-    return sums, final_sum, top1_sum, count
+
+    def observe(row: int, index: list[int]) -> None:
+        nonlocal sums
+        final = llama._logits(row)
+        ptr = llama._lib.llama_get_latent_logits_ith(llama._ctx, row)
+        if ptr == ffi.NULL:
+            raise RuntimeError("this model's graph offers no latent readout")
+        n_lat = len(llama._scheduler.latent.layers)
+        lat = np.frombuffer(ffi.buffer(ptr, 4 * n_lat * n_vocab), np.float32).reshape(n_lat, n_vocab)[index]
+        sums += normalized_entropy(lat, temperature)
+        totals["final"] += float(normalized_entropy(final[None], temperature)[0])
+        z = final.astype(np.float64) / (temperature or 1.0)
+        totals["top1"] += float(1.0 / np.exp(z - z.max()).sum())
+        totals["count"] += 1
+
+    for p_index, messages in enumerate(prompts):
+        tokens = (chat_prompt_tokens(llama, messages) if llama.chat_template()
+                  else llama.tokenize(messages[-1]["content"], special=True))
+        # no cached prefix: both lenses must see the very same generations
+        job = Job(prompt=tokens, max_tokens=max_tokens, spec=spec, seed=seed + p_index,
+                  watch=(tuple(range(n_layer)), norm), observe=observe, reuse=False)
+        llama._scheduler.run(job)
+    return sums, totals["final"], totals["top1"], totals["count"]
 
 
 def entropy_profile(llama, prompts: list[list[dict]], max_tokens: int = 64, temperature: float = 0.6,

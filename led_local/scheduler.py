@@ -109,6 +109,11 @@ class Job:
     stop: list[str] = field(default_factory=list)
     trace: bool = False
     readout: tuple[tuple[int, ...], bool] | None = None
+    # a diagnostic's view of each step: the blocks (and lens) to read out besides what the sampler needs,
+    # and a callback given the output row and those blocks' rows among the readout, before each sample
+    watch: tuple[tuple[int, ...], bool] | None = None
+    observe: Callable[[int, list[int]], None] | None = None
+    reuse: bool = True        # may start from a cached prefix
 
     # filled by the scheduler
     usage: dict = field(default_factory=dict)
@@ -116,6 +121,7 @@ class Job:
     samplers: NativeSamplers | None = None
     needs: tuple[tuple[int, ...], bool, bool] = ((), False, False)
     latent_index: list[int] = field(default_factory=list)
+    watch_index: list[int] = field(default_factory=list)
     prefilled: int = 0        # prompt tokens whose cells sample 0's slot holds
     prompt_row: int | None = None
     cached_tokens: int = 0
@@ -306,7 +312,7 @@ class Scheduler:
             if len(free) < job.n:
                 return  # first come, first served: later jobs wait behind it
             try:
-                needs = job.spec.graph_needs(self.llama) if job.readout is None else (job.readout[0], True, job.readout[1])
+                needs = self._needs(job)
             except Exception as e:
                 self.waiting.popleft()
                 job.error, job.finished = e, True
@@ -321,11 +327,23 @@ class Scheduler:
                 job.error = e
                 self._finish(job, None)
 
+    def _needs(self, job: Job) -> tuple[tuple[int, ...], bool, bool]:
+        """(blocks, in-graph head logits, final norm) the job needs from the decode graph."""
+        if job.readout is not None:
+            return (job.readout[0], True, job.readout[1])
+        layers, with_logits, norm = job.spec.graph_needs(self.llama)
+        if job.watch is not None:
+            if layers and norm != job.watch[1]:
+                raise ValueError("a watched readout must use the sampler's own lens")
+            layers = layers + tuple(il for il in job.watch[0] if il not in layers)
+            norm = job.watch[1]
+        return (layers, with_logits, norm)
+
     def _start(self, job: Job, free: list[Slot], needs: tuple) -> None:
         # sample 0: the free slot whose cache shares the longest prefix with the prompt (then the least
         # recently used); the others: the least recently used of the rest
         def reuse(slot: Slot) -> int:
-            return common_prefix(slot.tokens, job.prompt) if self.prefix_cache else 0
+            return common_prefix(slot.tokens, job.prompt) if self.prefix_cache and job.reuse else 0
 
         first = max(free, key=lambda s: (reuse(s), -s.last_used))
         rest = sorted((s for s in free if s is not first), key=lambda s: s.last_used)[: job.n - 1]
@@ -337,10 +355,14 @@ class Scheduler:
             seq.slot, slot.job = slot, job
         job.needs = needs
         job.latent_index = self.latent.add(needs)
+        if job.watch is not None:
+            job.watch_index = [self.latent.layers.index(il) for il in job.watch[0]]
         job.prefilled = job.cached_tokens = keep
         job.usage["prompt_tokens_details"]["cached_tokens"] = keep
         if job.readout is None:
-            job.samplers = NativeSamplers(self.llama, job.spec, [s.seed for s in job.seqs], job.latent_index)
+            n_own = len(job.spec.graph_needs(self.llama)[0])  # the sampler's blocks come first
+            job.samplers = NativeSamplers(self.llama, job.spec, [s.seed for s in job.seqs],
+                                          job.latent_index[:n_own] or None)
         self.running.append(job)
 
     def _truncate(self, slot: Slot, keep: int) -> None:
@@ -354,6 +376,8 @@ class Scheduler:
         for s in job.seqs:
             if s.finish_reason is not None or s.row is None:
                 continue
+            if job.observe is not None:
+                job.observe(s.row, job.watch_index)
             token = job.samplers.sample(s.index, s.row)
             s.row = None
             if job.trace:

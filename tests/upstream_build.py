@@ -88,3 +88,32 @@ def ensure_upstream() -> tuple[Path, Path]:
                         "--target", str(py_dir), str(src)], check=True, env=env)
     done.write_text("ok\n")
     return py_dir, lib_dir
+
+
+def ensure_llama_server() -> Path:
+    """Unpatched `llama-server` from the same pinned source and CPU flags (built once, cached): the reference
+    of bench/bench_serving.py."""
+    flags = cpu_flags()
+    key = hashlib.sha256(" ".join([SDIST_SHA256, "server", *flags]).encode()).hexdigest()[:12]
+    home = cache_root() / f"llama-server-{key}"
+    binary, done = home / "bin" / "llama-server", home / "READY"
+    if done.exists():
+        return binary
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(dir=home) as tmp:
+        with tarfile.open(_sdist()) as tar:
+            tar.extractall(tmp, filter="data")
+        src = Path(tmp) / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
+        (src / ".git").unlink(missing_ok=True)
+        build = Path(tmp) / "build"
+        opts = ["-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_CURL=OFF", "-DBUILD_SHARED_LIBS=OFF"]
+        subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *opts, *flags],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "llama-server"],
+                       check=True, stdout=subprocess.DEVNULL)
+        binary.parent.mkdir()
+        shutil.copy2(build / "bin" / "llama-server", binary)
+    done.write_text("ok\n")
+    return binary
