@@ -337,3 +337,22 @@ def test_full_queue_gets_503_and_sigterm_ends_streams_cleanly(tiny_paths):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_concurrent_requests_with_different_samplers_equal_their_solo_runs(client):
+    """Standard and LED requests in flight together (decoded in the same steps) each give their solo text."""
+    calls = [_server_kwargs({"seed": 3}), _server_kwargs(FIELD_CASES["led"][0])]
+    alone = [client.chat.completions.create(model="x", messages=CHAT, **c).choices[0].message.content for c in calls]
+    got: dict[int, str] = {}
+    start = threading.Barrier(2)
+
+    def one(i: int) -> None:
+        start.wait()
+        got[i] = client.chat.completions.create(model="x", messages=CHAT, **calls[i]).choices[0].message.content
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [got.get(0), got.get(1)] == alone
