@@ -140,6 +140,19 @@ class Job:
         self.usage.update(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt,
                           prompt_tokens_details={"cached_tokens": 0})
 
+    def drain(self) -> tuple[list[Delta], bool]:
+        """The deltas handed out since the last drain, and whether they are the last (safe from any thread:
+        a step appends a job's last delta before it marks the job finished)."""
+        finished = self.finished
+        items = []
+        while self.pending:
+            items.append(self.pending.popleft())
+        return items, finished
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
     @property
     def slots(self) -> list[Slot]:
         return [s.slot for s in self.seqs if s.slot is not None]
@@ -241,13 +254,10 @@ class Scheduler:
                 with self.lock:
                     while not job.pending and not job.finished:
                         self.step()
-                    items = list(job.pending)
-                    job.pending.clear()
-                    finished = job.finished
+                items, finished = job.drain()
                 yield from items
                 if finished:
-                    if job.error is not None:
-                        raise job.error
+                    job.raise_error()
                     return
         finally:
             if not job.finished:

@@ -179,12 +179,11 @@ class Driver:
             while True:
                 await ready.wait()
                 ready.clear()
-                finished = job.finished
-                while job.pending:
-                    yield job.pending.popleft()
+                items, finished = job.drain()
+                for d in items:
+                    yield d
                 if finished:
-                    if job.error is not None:
-                        raise job.error
+                    job.raise_error()
                     return
         finally:
             if not job.finished:
