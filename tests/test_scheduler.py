@@ -134,3 +134,14 @@ def test_mixed_latent_readouts_in_one_batch(tiny_paths):
                 widest = max(widest, len(s.latent.layers))
     assert texts == alone
     assert widest == 3  # LED's blocks 2, 1 and DoLa's -1 (the embeddings) in one readout
+
+
+def test_gemma3_decoding_stays_exact_beside_other_sequences(gemma3_path):
+    """Gemma-3 (Q4_K_M): how a prompt's tokens are grouped into batches changes its logits (README,
+    "Determinism"); what holds is that decoding, one token per sequence per step, is exact beside other
+    sequences: n parallel samples equal the same seeds run one by one."""
+    kw = dict(max_tokens=24, temperature=0.9, top_k=0, top_p=1.0, min_p=0.0)
+    with Llama(gemma3_path, n_threads=1, n_seq_max=3, n_ctx=1536, prefix_cache=False) as llm:
+        together = [c["text"] for c in llm.create_completion("The river", n=3, seed=1, **kw)["choices"]]
+        alone = [llm.create_completion("The river", n=1, seed=1 + i, **kw)["choices"][0]["text"] for i in range(3)]
+    assert together == alone and len(set(alone)) == 3
