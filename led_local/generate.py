@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 from . import chat
 from .scheduler import Delta, Job
-from .sampling import SAMPLERS, DoLaSampling, LEDConfig, LEDSampling, NativeSamplers, StandardSampling, resolve_seed
+from .sampling import SAMPLERS, DoLaSampling, LEDConfig, LEDSampling, StandardSampling, resolve_seed
 
 
 def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
@@ -24,7 +24,7 @@ def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
     return [s for s in stop if s]
 
 
-def _prompt_tokens(llama, prompt: str | bytes | Sequence[int]) -> list[int]:
+def completion_prompt_tokens(llama, prompt: str | bytes | Sequence[int]) -> list[int]:
     if isinstance(prompt, (str, bytes)):
         tokens = llama.tokenize(prompt, add_bos=True, special=True)
     elif isinstance(prompt, Sequence) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
@@ -195,7 +195,7 @@ def create_completion(
     indices); trace=True adds each choice's per-token `led_trace` (LED: explored, depth m*, p_top1; DoLa:
     the premature layer).
     """
-    job, shape = prepare(llama, _prompt_tokens(llama, prompt), chat=False, n=n, max_tokens=max_tokens,
+    job, shape = prepare(llama, completion_prompt_tokens(llama, prompt), chat=False, n=n, max_tokens=max_tokens,
                          temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                          repeat_penalty=repeat_penalty, stop=stop, seed=seed, sampler=sampler, led=led, trace=trace,
                          dola_layers=dola_layers)
@@ -207,7 +207,7 @@ def chat_prompt_tokens(llama, messages: list[dict]) -> list[int]:
     text = chat.render(llama.chat_template(), messages, bos_token=bos, eos_token=eos)
     add_bos = bool(llama._lib.llama_vocab_get_add_bos(llama._vocab)) and not text.startswith(bos)
     tokens = llama.tokenize(text, add_bos=add_bos, special=True)
-    return _prompt_tokens(llama, tokens)
+    return completion_prompt_tokens(llama, tokens)
 
 
 def create_chat_completion(

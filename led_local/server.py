@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from .chat import ChatTemplateError
-from .generate import _prompt_tokens, chat_prompt_tokens, prepare
+from .generate import chat_prompt_tokens, completion_prompt_tokens, prepare
 from .llama import Llama
 from .scheduler import Job
 
@@ -263,7 +263,7 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        return await respond(body, lambda: _prompt_tokens(llama, body.prompt), False, 16)
+        return await respond(body, lambda: completion_prompt_tokens(llama, body.prompt), False, 16)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):

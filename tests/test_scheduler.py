@@ -9,7 +9,7 @@ import pytest
 
 from led_local import Llama
 from led_local.scheduler import Job
-from led_local.sampling import LEDSampling, LEDConfig, StandardSampling
+from led_local.sampling import LEDConfig, StandardSampling
 
 A = "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg"
 KW = dict(max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=5)
