@@ -122,7 +122,7 @@ MUTANTS = [
            "if wanted > self.n_seq_max:", "if False:",
            ("tests/test_latents.py::test_latent_rows_are_bounded_by_n_seq_max",)),
     Mutant("scheduler: the cached prefixes ignored when choosing a slot", "led_local/scheduler.py",
-           "return common_prefix(slot.tokens, job.prompt) if self.prefix_cache else 0", "return 0",
+           "return common_prefix(slot.tokens, job.prompt) if self.prefix_cache and job.reuse else 0", "return 0",
            ("tests/test_scheduler.py::test_prefix_reuse_equals_a_fresh_context",
             "tests/test_scheduler.py::test_cached_tokens_on_the_second_turn_of_a_chat")),
     Mutant("scheduler: a long prompt in one piece, freezing the others' streams", "led_local/scheduler.py",
