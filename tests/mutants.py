@@ -130,7 +130,7 @@ MUTANTS = [
            ("tests/test_scheduler.py::test_a_long_prompt_is_chunked_between_the_others_steps",)),
     Mutant("server: a client that hangs up does not cancel its job", "led_local/server.py",
            "            if not job.finished:\n                self.scheduler.cancel(job)", "            pass",
-           ("tests/test_server.py::test_a_disconnect_leaves_the_other_streams_intact",)),
+           ("tests/test_server.py::test_disconnect_mid_stream_frees_the_slot",)),
     Mutant("server: never answers 503 when the queue is full", "led_local/server.py",
            "if driver.scheduler.queued >= limits.max_queue:", "if False:",
            ("tests/test_server.py::test_full_queue_gets_503_and_sigterm_ends_streams_cleanly",)),
