@@ -23,9 +23,9 @@ void led_init(bool verbose);
 // NULL when the file cannot be loaded (llama.cpp logs why).
 struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers);
 
-// A context whose KV cache is unified across n_seq_max sequences, so that parallel samples share the
-// cells of their common prompt (llama_memory_seq_cp adds sequence ids to cells, it copies nothing).
-// n_outputs_max = n_seq_max keeps the latent readout's compute buffer bounded (one sampled row per sequence).
+// A context with one KV stream per sequence (n_ctx / n_seq_max cells each, llama-server's slots): a slot's
+// cells are its own and stay in position order; parallel samples get a copy of the prompt's stream
+// (llama_memory_seq_cp across streams). n_outputs_max = n_seq_max keeps the latent readout's compute buffer bounded (one sampled row per sequence).
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
                                        uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch);
 
