@@ -493,8 +493,7 @@ class Scheduler:
         except Exception as e:  # the jobs in this batch end with the error; what their slots hold is unknown
             for job in {job for job, _ in owners}:
                 for slot in job.slots:
-                    self.llama._lib.llama_memory_seq_rm(self.llama._memory(), slot.seq, 0, -1)
-                    slot.tokens = []
+                    self._truncate(slot, 0)
                 job.error = e
                 self._finish(job, None)
             return
@@ -521,7 +520,7 @@ class Scheduler:
         n_prompt = len(job.prompt)
         for s in job.seqs[1:]:
             # another stream: llama.cpp copies the cells (whole streams only), before the next decode
-            self.llama._lib.llama_memory_seq_cp(self.llama._memory(), first.seq, s.slot.seq, -1, -1)
+            self.llama._copy_sequence(first.seq, s.slot.seq)
             s.slot.tokens = list(first.tokens[:n_prompt])
         for s in job.seqs:
             s.row = job.prompt_row
