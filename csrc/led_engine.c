@@ -23,14 +23,16 @@ void led_init(bool verbose) {
     llama_backend_init();
 }
 
-struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers) {
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack) {
     struct llama_model_params params = llama_model_default_params();
-    params.n_gpu_layers = n_gpu_layers;
+    params.n_gpu_layers    = n_gpu_layers;
+    params.use_extra_bufts = repack;
     return llama_model_load_from_file(path, params);
 }
 
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
-                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch) {
+                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
+                                       bool batch_invariant) {
     struct llama_context_params params = llama_context_default_params();
     params.n_ctx           = n_ctx;
     params.n_batch         = n_batch;
@@ -43,7 +45,12 @@ struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ct
     // position order, so its attention sums the same whatever the other slots cached or evicted
     params.kv_unified      = false;
     params.no_perf         = true;
-    return llama_init_from_model(model, params);
+    struct llama_context * ctx = llama_init_from_model(model, params);
+    if (ctx != NULL && batch_invariant && llama_set_batch_invariant(ctx, true) != 0) {
+        llama_free(ctx);
+        return NULL;
+    }
+    return ctx;
 }
 
 struct led_batch {

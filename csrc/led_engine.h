@@ -20,14 +20,17 @@ struct llama_sampler;
 // Quiet or chatty llama.cpp/ggml logging (everything, or errors only), and backend loading; call once.
 void led_init(bool verbose);
 
-// NULL when the file cannot be loaded (llama.cpp logs why).
-struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers);
+// NULL when the file cannot be loaded (llama.cpp logs why). repack lets the CPU backend repack weights
+// for its GEMM kernels (llama.cpp's default; a batch-invariant context wants it off).
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack);
 
 // A context with one KV stream per sequence (n_ctx / n_seq_max cells each, llama-server's slots): a slot's
 // cells are its own and stay in position order; parallel samples get a copy of the prompt's stream
 // (llama_memory_seq_cp across streams). n_outputs_max = n_seq_max keeps the latent readout's compute buffer bounded (one sampled row per sequence).
+// batch_invariant: the CPU backend's reference kernels (llama_set_batch_invariant); NULL if unavailable.
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
-                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch);
+                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
+                                       bool batch_invariant);
 
 // A reusable batch of up to n_max tokens, one sequence id each.
 typedef struct led_batch led_batch;

@@ -31,9 +31,10 @@ typedef struct llama_memory_i * llama_memory_t;
 
 /* csrc/led_engine.h */
 void led_init(bool verbose);
-struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers);
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack);
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
-                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch);
+                                       uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
+                                       bool batch_invariant);
 typedef struct led_batch led_batch;
 led_batch * led_batch_new(int32_t n_max);
 void        led_batch_free(led_batch * batch);

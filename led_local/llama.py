@@ -80,6 +80,9 @@ class Llama:
     goes through one scheduler (scheduler.py), which keeps what each slot evaluated: a later prompt that
     starts the same way is evaluated from where it differs (`prefix_cache=False` turns that off), and
     calls from several threads are decoded together.
+
+    `batch_invariant=True` makes a token's logits independent of what shares its batch (README,
+    Determinism): ggml's reference CPU kernels and no weight repacking, at some cost in prompt speed.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class Llama:
         n_gpu_layers: int = 0,
         seed: int | None = None,
         prefix_cache: bool = True,
+        batch_invariant: bool = False,
         verbose: bool = False,
     ) -> None:
         self._model = ffi.NULL
@@ -114,6 +118,9 @@ class Llama:
             "n_threads_batch", n_threads_batch if n_threads_batch is not None else self.n_threads, 1
         )
         _check_int("n_gpu_layers", n_gpu_layers, -1)
+        self.batch_invariant = bool(batch_invariant)
+        if self.batch_invariant and n_gpu_layers != 0:
+            raise ValueError("batch_invariant=True covers the CPU backend's kernels only; use n_gpu_layers=0 with it")
         if seed is not None:
             _check_int("seed", seed, 0, 2**32 - 1)
         self.seed = seed
@@ -122,7 +129,7 @@ class Llama:
         self.model_path = str(path)
 
         self._lib = _native.lib(verbose=self.verbose)
-        self._model = self._lib.led_model_load(str(path).encode(), n_gpu_layers)
+        self._model = self._lib.led_model_load(str(path).encode(), n_gpu_layers, not self.batch_invariant)
         if self._model == ffi.NULL:
             raise ValueError(
                 f"llama.cpp could not load {path}: the file may be truncated or damaged, or its architecture is "
@@ -130,7 +137,8 @@ class Llama:
             )
         self._vocab = self._lib.llama_model_get_vocab(self._model)
         self._ctx = self._lib.led_context_new(
-            self._model, self.n_ctx, self.n_batch, self.n_seq_max, self.n_threads, self.n_threads_batch
+            self._model, self.n_ctx, self.n_batch, self.n_seq_max, self.n_threads, self.n_threads_batch,
+            self.batch_invariant,
         )
         if self._ctx == ffi.NULL:
             self.close()

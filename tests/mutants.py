@@ -142,6 +142,13 @@ MUTANTS = [
     Mutant("chat: the reservoir notice on every switch to LED", "led_local/commands/chat.py",
            "        self.noticed = True\n", "        self.noticed = False\n",
            ("tests/test_commands.py::test_chat_says_once_when_led_will_rarely_explore",)),
+    # --- batch-invariant kernels ---------------------------------------------------------------------------------
+    Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
+           "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",
+           ("tests/test_scheduler.py::test_batch_invariant_logits_do_not_depend_on_how_a_prompt_is_batched",)),
+    Mutant("batch-invariant: the weights are still repacked", "led_local/llama.py",
+           "n_gpu_layers, not self.batch_invariant)", "n_gpu_layers, True)",
+           ("tests/test_scheduler.py::test_batch_invariant_logits_do_not_depend_on_how_a_prompt_is_batched",)),
     # --- server -----------------------------------------------------------------------------------------------
     Mutant("server: top_p dropped", "led_local/server.py", "top_p=self.top_p,", "top_p=1.0,", (T_SERVER_FIELDS,)),
     Mutant("server: top_k dropped", "led_local/server.py", "top_k=self.top_k,", "top_k=0,", (T_SERVER_FIELDS,)),

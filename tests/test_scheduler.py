@@ -145,3 +145,72 @@ def test_gemma3_decoding_stays_exact_beside_other_sequences(gemma3_path):
         together = [c["text"] for c in llm.create_completion("The river", n=3, seed=1, **kw)["choices"]]
         alone = [llm.create_completion("The river", n=1, seed=1 + i, **kw)["choices"][0]["text"] for i in range(3)]
     assert together == alone and len(set(alone)) == 3
+
+
+GEMMA_PROMPT = "The old lighthouse keeper climbed the stairs every evening, and on the night of the storm he saw"
+
+
+def logits_batched_as(llm, tokens, chunks):
+    """The prompt's last logits when its tokens reach llama_decode in batches of the given sizes."""
+    llm.reset()
+    pos = 0
+    for c in chunks:
+        llm._decode([(tokens[pos + i], pos + i, 0, pos + i == len(tokens) - 1) for i in range(c)])
+        pos += c
+    return llm._logits(-1)
+
+
+def test_batch_invariant_logits_do_not_depend_on_how_a_prompt_is_batched(gemma3_path):
+    """Gemma-3 (Q4_K_M) with llama.cpp's default CPU kernels: the same prompt batched otherwise moves its
+    logits (repacked 4-row GEMM beside 1-row GEMV, the tiled K-quant matmul from 8 rows); with
+    batch_invariant=True they are bit for bit the same."""
+    import numpy as np
+
+    moved = {}
+    for invariant in (False, True):
+        with Llama(gemma3_path, n_threads=1, n_seq_max=1, n_ctx=512, prefix_cache=False,
+                   batch_invariant=invariant) as llm:
+            toks = llm.tokenize(GEMMA_PROMPT)
+            n = len(toks)
+            whole = logits_batched_as(llm, toks, [n])
+            moved[invariant] = max(float(np.abs(logits_batched_as(llm, toks, ch) - whole).max())
+                                   for ch in ([n - 1, 1], [5, n - 5], [9, n - 9], [1] * n))
+    assert moved[False] > 1e-3  # the kernels this switch is about do move them on this model
+    assert moved[True] == 0.0
+
+
+def test_batch_invariant_seeded_requests_equal_after_a_cached_prefix_and_beside_others(gemma3_path):
+    """With batch_invariant=True a seeded request (standard and LED, T>0) gives the same tokens evaluated
+    fresh, after a cached prefix, and with its prompt arriving while another request decodes."""
+    calls = [dict(max_tokens=24, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=7),
+             dict(max_tokens=24, temperature=0.9, seed=8, sampler="led")]
+    other = GEMMA_PROMPT[:40] + " a ship that"
+    with Llama(gemma3_path, n_threads=1, n_seq_max=2, n_ctx=1024, prefix_cache=False, batch_invariant=True) as fresh, \
+         Llama(gemma3_path, n_threads=1, n_seq_max=2, n_ctx=1024, batch_invariant=True) as llm:
+        for kw in calls:
+            alone = fresh.create_completion(GEMMA_PROMPT, **kw)["choices"][0]["text"]
+            llm.reset()
+            llm.create_completion(other, max_tokens=1, temperature=0)
+            cached = llm.create_completion(GEMMA_PROMPT, **kw)
+            assert cached["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+            assert cached["choices"][0]["text"] == alone
+            llm.reset()
+            busy = llm.create_completion(other, max_tokens=64, temperature=0.7, seed=1, stream=True)
+            next(busy), next(busy)  # decoding when the request arrives
+            mine = llm.create_completion(GEMMA_PROMPT, stream=True, **kw)
+            text, live = "", [busy, mine]
+            while live:
+                for s in list(live):
+                    try:
+                        chunk = next(s)
+                    except StopIteration:
+                        live.remove(s)
+                        continue
+                    if s is mine:
+                        text += "".join(c["text"] for c in chunk["choices"])
+            assert text == alone
+
+
+def test_batch_invariant_refuses_gpu_layers(gemma3_path):
+    with pytest.raises(ValueError, match="CPU backend"):
+        Llama(gemma3_path, n_gpu_layers=1, batch_invariant=True)

@@ -361,3 +361,12 @@ def test_concurrent_requests_with_different_samplers_equal_their_solo_runs(clien
     for t in threads:
         t.join(timeout=120)
     assert [got.get(0), got.get(1)] == alone
+
+
+def test_batch_invariant_flag_reaches_the_model(tiny_paths):
+    proc, _ = _start_server(tiny_paths["qwen2-no-eos"], "--batch-invariant")
+    try:
+        assert "batch-invariant kernels" in proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
