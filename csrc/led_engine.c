@@ -104,28 +104,62 @@ int32_t led_decode(struct llama_context * ctx, led_batch * b) {
     return llama_decode(ctx, b->batch);
 }
 
-struct llama_sampler * led_sampler_standard_new(const struct llama_model * model, float temperature, int32_t top_k, float top_p, float min_p,
-                                                float repeat_penalty, int32_t repeat_last_n, uint32_t seed) {
+struct llama_sampler * led_constraints_new(const struct llama_model * model, const led_constraint_params * c) {
+    const struct llama_vocab * vocab = llama_model_get_vocab(model);
     struct llama_sampler_chain_params params = llama_sampler_chain_default_params();
     params.no_perf = true;
     struct llama_sampler * chain = llama_sampler_chain_init(params);
-    if (repeat_penalty != 1.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_penalties(llama_vocab_n_tokens(llama_model_get_vocab(model)), repeat_last_n, repeat_penalty, 0.0f, 0.0f));
+    // llama-cpp-python's order: its logit-bias processor, then penalties, then the grammar
+    if (c->n_logit_bias > 0) {
+        llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(llama_vocab_n_tokens(vocab), c->n_logit_bias, c->logit_bias));
     }
-    if (temperature <= 0.0f) {
+    if (c->repeat_penalty != 1.0f || c->frequency_penalty != 0.0f || c->presence_penalty != 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_penalties(llama_vocab_n_tokens(vocab), c->penalty_last_n,
+                                                                    c->repeat_penalty, c->frequency_penalty, c->presence_penalty));
+    }
+    if (c->grammar != NULL) {
+        struct llama_sampler * grammar = llama_sampler_init_grammar(vocab, c->grammar, "root");
+        if (grammar == NULL) {
+            llama_sampler_free(chain);
+            return NULL;
+        }
+        llama_sampler_chain_add(chain, grammar);
+    }
+    return chain;
+}
+
+struct llama_sampler * led_sampler_standard_new(struct llama_sampler * constraints, const led_standard_params * p) {
+    struct llama_sampler_chain_params params = llama_sampler_chain_default_params();
+    params.no_perf = true;
+    struct llama_sampler * chain = llama_sampler_chain_init(params);
+    if (constraints != NULL) {
+        llama_sampler_chain_add(chain, constraints);
+    }
+    if (p->temperature <= 0.0f) {
         llama_sampler_chain_add(chain, llama_sampler_init_greedy());
         return chain;
     }
-    if (top_k > 0) {
-        llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
+    if (p->mirostat == 1 || p->mirostat == 2) {
+        // as llama.cpp's common sampling: the temperature, then Mirostat in place of the truncations
+        llama_sampler_chain_add(chain, llama_sampler_init_temp(p->temperature));
+        llama_sampler_chain_add(chain, p->mirostat == 1
+            ? llama_sampler_init_mirostat(p->n_vocab, p->seed, p->mirostat_tau, p->mirostat_eta, 100)
+            : llama_sampler_init_mirostat_v2(p->seed, p->mirostat_tau, p->mirostat_eta));
+        return chain;
     }
-    if (top_p < 1.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_top_p(top_p, 1));
+    if (p->top_k > 0) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_k(p->top_k));
     }
-    if (min_p > 0.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_min_p(min_p, 1));
+    if (p->typical_p < 1.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_typical(p->typical_p, 1));
     }
-    llama_sampler_chain_add(chain, llama_sampler_init_temp(temperature));
-    llama_sampler_chain_add(chain, llama_sampler_init_dist(seed));
+    if (p->top_p < 1.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_top_p(p->top_p, 1));
+    }
+    if (p->min_p > 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_min_p(p->min_p, 1));
+    }
+    llama_sampler_chain_add(chain, llama_sampler_init_temp(p->temperature));
+    llama_sampler_chain_add(chain, llama_sampler_init_dist(p->seed));
     return chain;
 }

@@ -46,8 +46,35 @@ int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
 // The ordinary sampler chain of llama.cpp: penalties, top-k, top-p, min-p, temperature, then a seeded draw
 // (greedy when temperature <= 0). A value that disables a stage (top_k <= 0, top_p >= 1, min_p <= 0,
 // repeat_penalty == 1) leaves that stage out.
-struct llama_sampler * led_sampler_standard_new(const struct llama_model * model, float temperature, int32_t top_k, float top_p, float min_p,
-                                                float repeat_penalty, int32_t repeat_last_n, uint32_t seed);
+// What constrains the final layer's logits before any sampler picks from them: logit bias, penalties
+// (repeat, frequency, presence over the last penalty_last_n tokens) and a GBNF grammar (rule `root`).
+typedef struct led_constraint_params {
+    const struct llama_logit_bias * logit_bias;
+    int32_t n_logit_bias;
+    float   repeat_penalty;     // 1 = off
+    float   frequency_penalty;  // 0 = off
+    float   presence_penalty;   // 0 = off
+    int32_t penalty_last_n;
+    const char * grammar;       // NULL: none
+} led_constraint_params;
+// A sampler chain applying them in llama-cpp-python's order (bias, penalties, grammar); it only changes
+// logits, never their order. NULL when the grammar does not parse (llama.cpp logs why).
+struct llama_sampler * led_constraints_new(const struct llama_model * model, const led_constraint_params * c);
+
+typedef struct led_standard_params {
+    float    temperature;       // <= 0: greedy
+    int32_t  top_k;             // <= 0: off
+    float    top_p;             // 1: off
+    float    min_p;             // 0: off
+    float    typical_p;         // 1: off
+    int32_t  mirostat;          // 0 off, 1 or 2: Mirostat v1/v2 in place of top-k .. min-p
+    float    mirostat_tau;
+    float    mirostat_eta;
+    int32_t  n_vocab;
+    uint32_t seed;
+} led_standard_params;
+// llama.cpp's ordinary chain after the constraints (taken over; NULL: none), as llama-cpp-python builds it.
+struct llama_sampler * led_sampler_standard_new(struct llama_sampler * constraints, const led_standard_params * p);
 
 #ifdef __cplusplus
 }

@@ -28,6 +28,10 @@ typedef struct led_sampler_state {
     float   * exploit;       // [k]
 
     led_sampler_step_info last;  // its arrays point at cand and at explore or exploit
+
+    struct llama_sampler * constraints;  // owned, or NULL
+    llama_token_data * data;             // [n_vocab] the final logits as the constraints take them
+    float * z0c;                         // [n_vocab] the constrained final logits
 } led_sampler_state;
 
 // --- random numbers ----------------------------------------------------------------------------------
@@ -64,6 +68,24 @@ static float led_rng_uniform(uint64_t s[4]) {
 
 // --- one step ----------------------------------------------------------------------------------------
 
+// The final logits z0 through the constraints into out (data: scratch); returns how many tokens they leave
+// (finite logits). A constraint that drops entries rules those tokens out.
+static int32_t constrain_logits(struct llama_sampler * constraints, const float * z0, int32_t n_vocab,
+                                llama_token_data * data, float * out) {
+    for (int32_t v = 0; v < n_vocab; v++) {
+        data[v] = (llama_token_data) { v, z0[v], 0.0f };
+        out[v] = -INFINITY;
+    }
+    llama_token_data_array cur = { data, (size_t) n_vocab, -1, false };
+    llama_sampler_apply(constraints, &cur);
+    int32_t n = 0;
+    for (size_t i = 0; i < cur.size; i++) {
+        out[cur.data[i].id] = cur.data[i].logit;
+        n += isfinite(cur.data[i].logit) ? 1 : 0;
+    }
+    return n;
+}
+
 static int32_t led_sampler_step(led_sampler_state * st) {
     const led_sampler_params * p = &st->params;
     const float * z0 = llama_get_logits_ith(st->ctx, st->row);
@@ -74,9 +96,19 @@ static int32_t led_sampler_step(led_sampler_state * st) {
     const float u_coin   = led_rng_uniform(st->rng);
     const float u_sample = led_rng_uniform(st->rng);
 
+    // the constraints act on the final layer before step 3, so every candidate is a token they allow
+    int32_t n_allowed = st->n_vocab;
+    if (st->constraints != NULL) {
+        n_allowed = constrain_logits(st->constraints, z0, st->n_vocab, st->data, st->z0c);
+        z0 = st->z0c;
+        if (n_allowed == 0) {
+            return -2;
+        }
+    }
     // steps 1-3 and the coin (step 8) from the final layer alone
-    const int32_t n = p->k < st->n_vocab ? p->k : st->n_vocab;
-    const float p_top1 = led_candidates(z0, st->n_vocab, p->temperature, p->k, st->cand, st->ws->q);
+    int32_t n = p->k < st->n_vocab ? p->k : st->n_vocab;
+    n = n < n_allowed ? n : n_allowed;
+    const float p_top1 = led_candidates(z0, st->n_vocab, p->temperature, n, st->cand, st->ws->q);
     const bool allowed = !(p->think_only && st->thinking_over);
     const float p_exploit = led_p_exploit(p_top1, p->exploit, allowed);
     const bool explored = u_coin < 1.0f - p_exploit;
@@ -123,6 +155,9 @@ static const char * led_sampler_name(const struct llama_sampler * smpl) {
 
 static void led_sampler_accept(struct llama_sampler * smpl, llama_token token) {
     led_sampler_state * st = smpl->ctx;
+    if (st->constraints != NULL) {
+        llama_sampler_accept(st->constraints, token);
+    }
     const int32_t m = st->params.n_end_think;
     if (m == 0 || st->thinking_over) {
         return;
@@ -158,6 +193,9 @@ static void led_sampler_apply(struct llama_sampler * smpl, llama_token_data_arra
 
 static void led_sampler_reset(struct llama_sampler * smpl) {
     led_sampler_state * st = smpl->ctx;
+    if (st->constraints != NULL) {
+        llama_sampler_reset(st->constraints);
+    }
     st->thinking_over = false;
     st->n_recent = 0;
     led_rng_seed(st->rng, st->params.seed);
@@ -174,6 +212,11 @@ static void led_sampler_free_state(led_sampler_state * st) {
     free(st->end_think);
     free(st->recent);
     free(st->latent_index);
+    if (st->constraints != NULL) {
+        llama_sampler_free(st->constraints);
+    }
+    free(st->data);
+    free(st->z0c);
     free(st);
 }
 
@@ -198,22 +241,32 @@ static struct llama_sampler_i led_sampler_iface = {
     /* .copy_state        = */ NULL,
 };
 
-static led_sampler_state * led_sampler_state_new(struct llama_context * ctx, const led_sampler_params * params) {
+static bool led_sampler_params_valid(struct llama_context * ctx, const led_sampler_params * params) {
     if (ctx == NULL || params == NULL || params->d < 1 || params->k < 1 || !isfinite(params->temperature) ||
         params->temperature < 0.0f || params->n_end_think < 0 || (params->n_end_think > 0 && params->end_think == NULL)) {
-        return NULL;
+        return false;
     }
     for (int32_t j = 0; params->latent_index != NULL && j < params->d - 1; j++) {
         if (params->latent_index[j] < 0) {
-            return NULL;
+            return false;
         }
     }
-    led_sampler_state * st = calloc(1, sizeof(*st));
+    return true;
+}
+
+// Takes over params->constraints whatever happens.
+static led_sampler_state * led_sampler_state_new(struct llama_context * ctx, const led_sampler_params * params) {
+    led_sampler_state * st = led_sampler_params_valid(ctx, params) ? calloc(1, sizeof(*st)) : NULL;
     if (st == NULL) {
+        if (params != NULL && params->constraints != NULL) {
+            llama_sampler_free(params->constraints);
+        }
         return NULL;
     }
+    st->constraints = params->constraints;
     st->ctx     = ctx;
     st->params  = *params;
+    st->params.constraints = NULL;  // st->constraints owns it
     st->n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
     st->row     = -1;
     st->ws      = led_workspace_new(params->d, params->k);
@@ -224,8 +277,12 @@ static led_sampler_state * led_sampler_state_new(struct llama_context * ctx, con
     st->end_think = malloc(sizeof(int32_t) * m);
     st->recent    = calloc(m, sizeof(int32_t));
     st->latent_index = malloc(sizeof(int32_t) * (size_t) (params->d > 1 ? params->d - 1 : 1));
+    if (st->constraints != NULL) {
+        st->data = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
+        st->z0c  = malloc(sizeof(float) * (size_t) st->n_vocab);
+    }
     if (st->ws == NULL || st->cand == NULL || st->explore == NULL || st->exploit == NULL || st->end_think == NULL ||
-        st->recent == NULL || st->latent_index == NULL) {
+        st->recent == NULL || st->latent_index == NULL || (st->constraints != NULL && (st->data == NULL || st->z0c == NULL))) {
         led_sampler_free_state(st);
         return NULL;
     }
@@ -248,7 +305,9 @@ struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sam
 
 static struct llama_sampler * led_sampler_clone(const struct llama_sampler * smpl) {
     const led_sampler_state * src = smpl->ctx;
-    struct llama_sampler * out = led_sampler_new(src->ctx, &src->params);
+    led_sampler_params params = src->params;
+    params.constraints = src->constraints != NULL ? llama_sampler_clone(src->constraints) : NULL;
+    struct llama_sampler * out = led_sampler_new(src->ctx, &params);
     if (out != NULL) {
         led_sampler_state * dst = out->ctx;
         memcpy(dst->rng, src->rng, sizeof(dst->rng));
@@ -283,6 +342,7 @@ void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info *
 
 typedef struct dola_sampler_state {
     struct llama_context * ctx;
+    struct llama_sampler * constraints;  // on the final logits before the contrast (owned, or NULL)
     struct llama_sampler * chain;
     int32_t m;
     int32_t n_vocab;
@@ -290,6 +350,7 @@ typedef struct dola_sampler_state {
     int32_t * latent_index;    // [m] the context's latent row of each premature layer, or NULL: rows 0..m-1
     float * premature;         // [m][n_vocab] gathered rows, when latent_index is not 0..m-1
     float * contrast;          // [n_vocab]
+    float * z0c;               // [n_vocab] the constrained final logits, with constraints
     llama_token_data * data;   // [n_vocab]
     int32_t last_premature;
 } dola_sampler_state;
@@ -314,6 +375,13 @@ static int32_t dola_sampler_step(dola_sampler_state * st) {
         }
         premature = st->premature;
     }
+    if (st->constraints != NULL) {
+        // the plausibility set of the contrast is then made of allowed tokens only
+        if (constrain_logits(st->constraints, z0, st->n_vocab, st->data, st->z0c) == 0) {
+            return -2;
+        }
+        z0 = st->z0c;
+    }
     st->last_premature = dola_contrast(z0, premature, st->m, st->n_vocab, st->contrast);
     for (int32_t v = 0; v < st->n_vocab; v++) {
         st->data[v].id    = v;
@@ -326,7 +394,11 @@ static int32_t dola_sampler_step(dola_sampler_state * st) {
 }
 
 static void dola_sampler_accept(struct llama_sampler * smpl, llama_token token) {
-    llama_sampler_accept(((dola_sampler_state *) smpl->ctx)->chain, token);
+    dola_sampler_state * st = smpl->ctx;
+    if (st->constraints != NULL) {
+        llama_sampler_accept(st->constraints, token);
+    }
+    llama_sampler_accept(st->chain, token);
 }
 
 static void dola_sampler_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
@@ -342,12 +414,20 @@ static void dola_sampler_apply(struct llama_sampler * smpl, llama_token_data_arr
 }
 
 static void dola_sampler_reset(struct llama_sampler * smpl) {
-    llama_sampler_reset(((dola_sampler_state *) smpl->ctx)->chain);
+    dola_sampler_state * st = smpl->ctx;
+    if (st->constraints != NULL) {
+        llama_sampler_reset(st->constraints);
+    }
+    llama_sampler_reset(st->chain);
 }
 
 static void dola_sampler_free_state(dola_sampler_state * st) {
     if (st != NULL) {
         llama_sampler_free(st->chain);
+        if (st->constraints != NULL) {
+            llama_sampler_free(st->constraints);
+        }
+        free(st->z0c);
         free(st->latent_index);
         free(st->premature);
         free(st->contrast);
@@ -376,7 +456,7 @@ static struct llama_sampler_i dola_sampler_iface = {
 };
 
 struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
-                                        struct llama_sampler * chain) {
+                                        struct llama_sampler * constraints, struct llama_sampler * chain) {
     bool identity = true;
     for (int32_t l = 0; latent_index != NULL && l < m; l++) {
         if (latent_index[l] < 0) {
@@ -386,25 +466,26 @@ struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, c
         }
         identity = identity && latent_index[l] == l;
     }
-    if (ctx == NULL || chain == NULL || m < 1) {
+    dola_sampler_state * st = ctx != NULL && chain != NULL && m >= 1 ? calloc(1, sizeof(*st)) : NULL;
+    if (st == NULL) {
         if (chain != NULL) {
             llama_sampler_free(chain);
         }
-        return NULL;
-    }
-    dola_sampler_state * st = calloc(1, sizeof(*st));
-    if (st == NULL) {
-        llama_sampler_free(chain);
+        if (constraints != NULL) {
+            llama_sampler_free(constraints);
+        }
         return NULL;
     }
     st->ctx      = ctx;
     st->chain    = chain;
+    st->constraints = constraints;
     st->m        = m;
     st->n_vocab  = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
     st->row      = -1;
     st->contrast = malloc(sizeof(float) * (size_t) st->n_vocab);
     st->data     = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
-    bool ok = st->contrast != NULL && st->data != NULL;
+    st->z0c      = constraints != NULL ? malloc(sizeof(float) * (size_t) st->n_vocab) : NULL;
+    bool ok = st->contrast != NULL && st->data != NULL && (constraints == NULL || st->z0c != NULL);
     if (ok && !identity) {
         st->latent_index = malloc(sizeof(int32_t) * (size_t) m);
         st->premature    = malloc(sizeof(float) * (size_t) m * (size_t) st->n_vocab);
@@ -433,4 +514,84 @@ int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * 
 
 int32_t dola_sampler_last(const struct llama_sampler * smpl) {
     return ((const dola_sampler_state *) smpl->ctx)->last_premature;
+}
+
+// --- the ordinary chain behind the constraints ---------------------------------------------------------
+
+typedef struct chain_sampler_state {
+    struct llama_sampler * constraints;  // owned, or NULL
+    struct llama_sampler * chain;        // owned
+    int32_t n_vocab;
+    llama_token_data * data;             // [n_vocab]
+    float * z0c;                         // [n_vocab]
+} chain_sampler_state;
+
+static void chain_sampler_free_state(chain_sampler_state * st) {
+    if (st != NULL) {
+        if (st->constraints != NULL) {
+            llama_sampler_free(st->constraints);
+        }
+        if (st->chain != NULL) {
+            llama_sampler_free(st->chain);
+        }
+        free(st->data);
+        free(st->z0c);
+        free(st);
+    }
+}
+
+struct chain_sampler * chain_sampler_new(const struct llama_model * model, struct llama_sampler * constraints,
+                                         struct llama_sampler * chain) {
+    chain_sampler_state * st = model != NULL && chain != NULL ? calloc(1, sizeof(*st)) : NULL;
+    if (st == NULL) {
+        if (constraints != NULL) {
+            llama_sampler_free(constraints);
+        }
+        if (chain != NULL) {
+            llama_sampler_free(chain);
+        }
+        return NULL;
+    }
+    st->constraints = constraints;
+    st->chain       = chain;
+    st->n_vocab     = llama_vocab_n_tokens(llama_model_get_vocab(model));
+    st->data        = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
+    st->z0c         = malloc(sizeof(float) * (size_t) st->n_vocab);
+    if (st->data == NULL || st->z0c == NULL) {
+        chain_sampler_free_state(st);
+        return NULL;
+    }
+    return (struct chain_sampler *) st;
+}
+
+void chain_sampler_free(struct chain_sampler * smpl) {
+    chain_sampler_free_state((chain_sampler_state *) smpl);
+}
+
+int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context * ctx, int32_t row) {
+    chain_sampler_state * st = (chain_sampler_state *) smpl;
+    const float * z0 = llama_get_logits_ith(ctx, row);
+    if (z0 == NULL) {
+        return -1;
+    }
+    if (st->constraints != NULL) {
+        if (constrain_logits(st->constraints, z0, st->n_vocab, st->data, st->z0c) == 0) {
+            return -2;  // checked before the chain: a draw over no finite logit has no meaning
+        }
+        z0 = st->z0c;
+    }
+    for (int32_t v = 0; v < st->n_vocab; v++) {
+        st->data[v] = (llama_token_data) { v, z0[v], 0.0f };
+    }
+    llama_token_data_array cur = { st->data, (size_t) st->n_vocab, -1, false };
+    llama_sampler_apply(st->chain, &cur);
+    if (cur.selected < 0 || (size_t) cur.selected >= cur.size) {
+        return -1;
+    }
+    const llama_token token = cur.data[cur.selected].id;
+    if (st->constraints != NULL) {
+        llama_sampler_accept(st->constraints, token);
+    }
+    llama_sampler_accept(st->chain, token);
+    return token;
 }

@@ -27,6 +27,10 @@ typedef struct led_sampler_params {
     uint32_t seed;
     const int32_t * latent_index; // [d-1]: depth j reads the context's latent row latent_index[j-1]; NULL:
                                   // row j-1 (the context hands out exactly this sampler's blocks, in order)
+    struct llama_sampler * constraints; // applied to the final layer's logits before step 3 (logit bias,
+                                  // penalties, grammar: led_constraints_new), fed every emitted token; the
+                                  // latent rows stay as the model gives them. Taken over by led_sampler_new
+                                  // (freed if it fails). NULL: none
 } led_sampler_params;
 
 // NULL for invalid parameters (d < 1, k < 1, temperature < 0 or not finite, a negative latent index). The
@@ -38,7 +42,8 @@ struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sam
 void led_sampler_set_row(struct llama_sampler * smpl, int32_t row);
 
 // set_row + apply + accept, without building llama.cpp's full-vocabulary candidates array: the fast path.
-// Returns the token, or -1 when the context has no latent rows for an exploring step.
+// Returns the token, -1 when the context has no latent rows for an exploring step, or -2 when the
+// constraints leave no token (a grammar at a dead end).
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 
 // What the last step did, for traces and for checking a real generation step by step against led_step
@@ -50,7 +55,7 @@ typedef struct led_sampler_step_info {
     float   p_top1;                // the final layer's top-1 probability (full vocabulary, at T)
     float   u_coin;                // the step's two uniform draws: the coin (step 8) ...
     float   u_sample;              // ... and the token (step 9)
-    int32_t n_cand;                // min(k, V)
+    int32_t n_cand;                // min(k, V, the tokens the constraints leave)
     const int32_t * candidates;    // [n_cand] step 3's candidates
     const float   * probs;         // [n_cand] the distribution the token was drawn from: P_{m*} or r_0
 } led_sampler_step_info;
@@ -58,14 +63,29 @@ void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info *
 
 // DoLa over m premature rows the context hands out (llama_set_latents with in-graph logits): rows
 // latent_index[0..m) of the context's latent set (NULL: rows 0..m-1), followed
-// by `chain` (temperature, top-k, top-p, ... or greedy) on the contrasted logits, as transformers applies
-// its logits processors after DoLa's contrast. Takes ownership of chain. Its llama_sampler_i.apply reads
-// the row of the last dola_sampler_sample call; dola_sampler_sample is the way to drive it.
+// by `chain` (penalties, temperature, top-k, top-p, ... or greedy) on the contrasted logits, as transformers
+// applies its logits processors after DoLa's contrast. `constraints` (logit bias, grammar; NULL: none) act
+// on the final logits before the contrast, so its plausibility set holds only tokens they allow. Takes
+// ownership of both, also when it fails. Its llama_sampler_i.apply reads the row of the last
+// dola_sampler_sample call; dola_sampler_sample is the way to drive it.
 struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
-                                        struct llama_sampler * chain);
+                                        struct llama_sampler * constraints, struct llama_sampler * chain);
+// The token, -1 without premature rows, -2 when the constraints leave no token.
 int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 // The premature row the last step contrasted with.
 int32_t dola_sampler_last(const struct llama_sampler * smpl);
+
+// Standard sampling: `constraints` (led_constraints_new; NULL: none) on the final logits, then `chain`
+// (truncations, temperature, draw), as one llama.cpp chain would run them, except that a step whose
+// constraints leave no token returns -2 instead of drawing from nothing (and accepting a token a grammar
+// refuses, which llama.cpp answers by throwing). Takes ownership of both, also when it fails.
+struct llama_model;
+struct chain_sampler;
+struct chain_sampler * chain_sampler_new(const struct llama_model * model, struct llama_sampler * constraints,
+                                         struct llama_sampler * chain);
+// The token (accepted), -1 without logits for the row, -2 when the constraints leave no token.
+int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context * ctx, int32_t row);
+void    chain_sampler_free(struct chain_sampler * smpl);
 
 #ifdef __cplusplus
 }

@@ -1,6 +1,7 @@
 """led-local: Latent Exploration Decoding for local GGUF models on a patched llama.cpp."""
 
 from .chat import ChatTemplateError
+from .grammar import LlamaGrammar
 from .led import LEDStep, led_sample, led_step
 from .llama import DecodeError, LatentReadout, Llama
 from .sampling import LEDConfig
@@ -8,4 +9,4 @@ from .sampling import LEDConfig
 __version__ = "0.1.0"
 
 __all__ = ["Llama", "LatentReadout", "LEDConfig", "LEDStep", "led_step", "led_sample", "DecodeError",
-           "ChatTemplateError", "__version__"]
+           "ChatTemplateError", "LlamaGrammar", "__version__"]

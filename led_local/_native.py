@@ -42,9 +42,17 @@ void        led_batch_clear(led_batch * batch);
 int32_t     led_batch_add(led_batch * batch, int32_t token, int32_t pos, int32_t seq_id, bool output);
 int32_t     led_batch_size(const led_batch * batch);
 int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
-struct llama_sampler * led_sampler_standard_new(const struct llama_model * model, float temperature, int32_t top_k,
-                                                float top_p, float min_p, float repeat_penalty,
-                                                int32_t repeat_last_n, uint32_t seed);
+typedef struct llama_logit_bias { int32_t token; float bias; } llama_logit_bias;
+typedef struct led_constraint_params {
+    const llama_logit_bias * logit_bias; int32_t n_logit_bias; float repeat_penalty; float frequency_penalty;
+    float presence_penalty; int32_t penalty_last_n; const char * grammar;
+} led_constraint_params;
+struct llama_sampler * led_constraints_new(const struct llama_model * model, const led_constraint_params * c);
+typedef struct led_standard_params {
+    float temperature; int32_t top_k; float top_p; float min_p; float typical_p; int32_t mirostat;
+    float mirostat_tau; float mirostat_eta; int32_t n_vocab; uint32_t seed;
+} led_standard_params;
+struct llama_sampler * led_sampler_standard_new(struct llama_sampler * constraints, const led_standard_params * p);
 
 /* llama.h, plain signatures */
 void llama_model_free(struct llama_model * model);
@@ -97,6 +105,7 @@ int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature
 typedef struct led_sampler_params {
     int32_t d; int32_t k; float temperature; bool exploit; bool think_only;
     const int32_t * end_think; int32_t n_end_think; uint32_t seed; const int32_t * latent_index;
+    struct llama_sampler * constraints;
 } led_sampler_params;
 struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
@@ -106,9 +115,13 @@ typedef struct led_sampler_step_info {
 } led_sampler_step_info;
 void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info);
 struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
-                                        struct llama_sampler * chain);
+                                        struct llama_sampler * constraints, struct llama_sampler * chain);
 int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 int32_t dola_sampler_last(const struct llama_sampler * smpl);
+struct chain_sampler * chain_sampler_new(const struct llama_model * model, struct llama_sampler * constraints,
+                                         struct llama_sampler * chain);
+int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context * ctx, int32_t row);
+void    chain_sampler_free(struct chain_sampler * smpl);
 int32_t dola_contrast(const float * final_logits, const float * premature, int32_t m, int32_t n_vocab, float * out);
 
 /* our patch to llama.h */
@@ -203,10 +216,12 @@ def led_step(z, temperature: float, k: int, exploit: bool, explore_allowed: bool
 
 
 def led_sampler_new(llama, d: int, k: int, temperature: float, exploit: bool, think_only: bool,
-                    end_think: list[int], seed: int, latent_index: list[int] | None = None):
+                    end_think: list[int], seed: int, latent_index: list[int] | None = None, constraints=ffi.NULL):
     """A native LED sampler (csrc/led_sampler.c) on this Llama's context; NULL-checked by the caller.
-    latent_index[j-1]: the context's latent row that depth j reads (None: row j-1)."""
+    latent_index[j-1]: the context's latent row that depth j reads (None: row j-1). constraints (a native
+    led_constraints_new chain, or NULL) is taken over, also when this fails."""
     params = ffi.new("led_sampler_params *")
+    params.constraints = constraints
     marker = ffi.new("int32_t[]", end_think or [0])
     index = ffi.new("int32_t[]", latent_index) if latent_index else ffi.NULL
     params.d, params.k, params.temperature = d, k, temperature

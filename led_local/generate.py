@@ -11,7 +11,8 @@ from typing import Iterator, Sequence
 
 from . import chat
 from .scheduler import Delta, Job
-from .sampling import SAMPLERS, DoLaSampling, LEDConfig, LEDSampling, StandardSampling, resolve_seed
+from .sampling import (SAMPLERS, Constraints, DoLaSampling, LEDConfig, LEDSampling, StandardSampling,
+                       resolve_seed)
 
 
 def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
@@ -74,28 +75,49 @@ def _check_common(max_tokens: int | None, sampler: str) -> int | None:
     return None if max_tokens is None or max_tokens <= 0 else max_tokens
 
 
-def _sampler_spec(sampler: str, temperature, top_k, top_p, min_p, repeat_penalty, led, dola_layers):
+# llama-cpp-python's names and defaults for what constrains the final logits and for the truncations
+CONSTRAINT_DEFAULTS = dict(repeat_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=None,
+                           grammar=None)
+TRUNCATION_DEFAULTS = dict(typical_p=1.0, mirostat_mode=0, mirostat_tau=5.0, mirostat_eta=0.1)
+
+
+def sampler_spec(sampler: str, *, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
+                 min_p: float = 0.05, led=None, dola_layers=None, **options):
+    """The sampler a request asks for. `options`: CONSTRAINT_DEFAULTS' and TRUNCATION_DEFAULTS' names."""
+    unknown = set(options) - set(CONSTRAINT_DEFAULTS) - set(TRUNCATION_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown sampling options: {', '.join(sorted(unknown))}")
     if led is not None and sampler != "led":
         raise ValueError("led= settings apply only with sampler='led'")
     if dola_layers is not None and sampler != "dola":
         raise ValueError("dola_layers applies only with sampler='dola'")
+    constraints = {k: options.get(k, v) for k, v in CONSTRAINT_DEFAULTS.items()}
+    truncations = {k: options.get(k, v) for k, v in TRUNCATION_DEFAULTS.items()}
     if sampler == "led":
-        # LED is the whole decoding rule: its own top-k (LEDConfig.k) replaces top_k/top_p/min_p
-        return LEDSampling(temperature=temperature, config=LEDConfig.of(led))
+        # LED is the whole decoding rule: its own top-k (LEDConfig.k) replaces top_k/top_p/min_p; what
+        # constrains the final logits (bias, penalties, grammar) acts before it picks its candidates
+        changed = sorted(k for k, v in truncations.items() if v != TRUNCATION_DEFAULTS[k])
+        if changed:
+            raise ValueError(f"{', '.join(changed)} cannot apply with sampler='led' (LED draws from its own "
+                             "candidates); leave them at their defaults")
+        return LEDSampling(temperature=temperature, config=LEDConfig.of(led), constraints=Constraints(
+            logit_bias=constraints["logit_bias"], repeat_penalty=constraints["repeat_penalty"],
+            frequency_penalty=constraints["frequency_penalty"], presence_penalty=constraints["presence_penalty"],
+            grammar=constraints["grammar"]))
     standard = StandardSampling(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                repeat_penalty=repeat_penalty)
+                                **{k: v for k, v in constraints.items() if v is not None}, **truncations)
     if sampler == "dola":
         return DoLaSampling(chain=standard, dola_layers=dola_layers or "high")
     return standard
 
 
-def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int | None, temperature: float,
-            top_k: int, top_p: float, min_p: float, repeat_penalty: float, stop, seed: int | None, sampler: str,
-            led=None, trace: bool = False, dola_layers=None) -> tuple[Job, "Shape"]:
+def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int | None, stop, seed: int | None,
+            sampler: str, trace: bool = False, **sampling) -> tuple[Job, "Shape"]:
     """A checked request, not yet submitted: the scheduler's job and the shape of its OpenAI results. Every
-    setting is checked against the model here, before anything runs."""
+    setting is checked against the model here, before anything runs. `sampling`: sampler_spec's options."""
     max_tokens = _check_common(max_tokens, sampler)
-    spec = _sampler_spec(sampler, temperature, top_k, top_p, min_p, repeat_penalty, led, dola_layers)
+    spec = sampler_spec(sampler, **sampling)
+    spec.check(llama)
     spec.graph_needs(llama)
     job = Job(prompt=tokens, n=n, max_tokens=max_tokens, spec=spec, seed=resolve_seed(seed, llama.seed),
               stop=_normalize_stop(stop), trace=bool(trace))
@@ -177,7 +199,15 @@ def create_completion(
     top_k: int = 40,
     top_p: float = 0.95,
     min_p: float = 0.05,
+    typical_p: float = 1.0,
     repeat_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    mirostat_mode: int = 0,
+    mirostat_tau: float = 5.0,
+    mirostat_eta: float = 0.1,
+    logit_bias: dict[int, float] | None = None,
+    grammar=None,
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
     stream: bool = False,
@@ -190,16 +220,25 @@ def create_completion(
     """Complete `prompt` n times. max_tokens None or <= 0 runs until end of generation or a full context.
 
     Returns an OpenAI `text_completion` dict, or with stream=True an iterator of chunks whose last one has
-    empty `choices` and the `usage`. sampler="led" decodes with LED (`led`: an LEDConfig or a dict of its
-    fields); sampler="dola" with DoLa (`dola_layers`: "low", "high" (default) or transformers' layer
+    empty `choices` and the `usage`. The sampling arguments are llama-cpp-python's (`grammar`: GBNF text or
+    a LlamaGrammar; `logit_bias`: {token id: bias}). sampler="led" decodes with LED (`led`: an LEDConfig or
+    a dict of its fields): bias, penalties and grammar constrain the final logits before LED picks its
+    candidates; sampler="dola" with DoLa (`dola_layers`: "low", "high" (default) or transformers' layer
     indices); trace=True adds each choice's per-token `led_trace` (LED: explored, depth m*, p_top1; DoLa:
     the premature layer).
     """
     job, shape = prepare(llama, completion_prompt_tokens(llama, prompt), chat=False, n=n, max_tokens=max_tokens,
-                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                         repeat_penalty=repeat_penalty, stop=stop, seed=seed, sampler=sampler, led=led, trace=trace,
-                         dola_layers=dola_layers)
+                         stop=stop, seed=seed, sampler=sampler, trace=trace, **_sampling(locals()))
     return deliver(llama, job, shape, stream)
+
+
+_SAMPLING_ARGS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty",
+                  "presence_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta", "logit_bias", "grammar", "led",
+                  "dola_layers")
+
+
+def _sampling(args: dict) -> dict:
+    return {k: args[k] for k in _SAMPLING_ARGS}
 
 
 def chat_prompt_tokens(llama, messages: list[dict]) -> list[int]:
@@ -219,7 +258,15 @@ def create_chat_completion(
     top_k: int = 40,
     top_p: float = 0.95,
     min_p: float = 0.05,
+    typical_p: float = 1.0,
     repeat_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    mirostat_mode: int = 0,
+    mirostat_tau: float = 5.0,
+    mirostat_eta: float = 0.1,
+    logit_bias: dict[int, float] | None = None,
+    grammar=None,
     stop: str | Sequence[str] | None = None,
     seed: int | None = None,
     stream: bool = False,
@@ -229,9 +276,8 @@ def create_chat_completion(
     dola_layers: str | list[int] | None = None,
     trace: bool = False,
 ) -> dict | Iterator[dict]:
-    """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks."""
+    """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks. The
+    arguments are create_completion's."""
     job, shape = prepare(llama, chat_prompt_tokens(llama, messages), chat=True, n=n, max_tokens=max_tokens,
-                         temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                         repeat_penalty=repeat_penalty, stop=stop, seed=seed, sampler=sampler, led=led, trace=trace,
-                         dola_layers=dola_layers)
+                         stop=stop, seed=seed, sampler=sampler, trace=trace, **_sampling(locals()))
     return deliver(llama, job, shape, stream)

@@ -28,9 +28,109 @@ def _finite(name: str, value: object, lo: float | None = None, hi: float | None 
     return v
 
 
+def _checked_token(token: int, missing: str) -> int:
+    """A native sampler's answer: the token, or why there is none."""
+    if token == -2:
+        raise RuntimeError("the grammar and logit_bias together allow no token at this point of the output")
+    if token < 0:
+        raise RuntimeError(f"the sampler found no {missing} for its row (see the log with verbose=True)")
+    return token
+
+
+def _free_llama_sampler(llama, handle) -> None:
+    llama._lib.llama_sampler_free(handle)
+
+
+def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
+    """{token id: bias} (ids may be JSON's strings) as sorted pairs; -inf bans a token."""
+    if value is None:
+        return ()
+    items = value.items() if isinstance(value, dict) else value
+    out: dict[int, float] = {}
+    try:
+        for k, v in items:
+            token = int(k)
+            if isinstance(k, bool) or isinstance(k, float) or str(token) != str(k).strip():
+                raise ValueError
+            bias = float(v)
+            if isinstance(v, bool) or math.isnan(bias) or bias == math.inf:
+                raise ValueError
+            out[token] = bias
+    except (TypeError, ValueError):
+        raise ValueError(f"logit_bias must map token ids to numbers (-inf bans a token), got {value!r}") from None
+    return tuple(sorted(out.items()))
+
+
+def _grammar_text(grammar: object) -> str | None:
+    """GBNF text from a string or a LlamaGrammar (grammar.py)."""
+    if grammar is None:
+        return None
+    text = getattr(grammar, "gbnf", grammar)
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("grammar must be GBNF text (with a `root` rule) or a LlamaGrammar")
+    return text
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What changes the final layer's logits before a sampler picks from them, in llama-cpp-python's order:
+    logit bias, then penalties (repeat, frequency, presence over the last `penalty_last_n` tokens), then a
+    GBNF grammar (csrc/led_engine.h, led_constraints_new). Standard and DoLa sampling run them at the head
+    of their chain; LED runs them on the final logits before picking its candidates (LED_SPEC step 3),
+    leaving the latent rows as the model gives them."""
+
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
+        object.__setattr__(self, "grammar", _grammar_text(self.grammar))
+        if _finite("repeat_penalty", self.repeat_penalty, 0.0) <= 0:
+            raise ValueError("repeat_penalty must be > 0 (1.0 turns it off)")
+        _finite("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _finite("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        if isinstance(self.penalty_last_n, bool) or not isinstance(self.penalty_last_n, int) or self.penalty_last_n < 0:
+            raise ValueError(f"penalty_last_n must be an integer >= 0, got {self.penalty_last_n!r}")
+
+    @property
+    def empty(self) -> bool:
+        return (not self.logit_bias and self.grammar is None and self.repeat_penalty == 1.0
+                and self.frequency_penalty == 0.0 and self.presence_penalty == 0.0)
+
+    def check(self, llama) -> None:
+        """Token ids in the vocabulary and a grammar that parses: a clear error before anything runs."""
+        bad = [t for t, _ in self.logit_bias if not 0 <= t < llama.n_vocab()]
+        if bad:
+            raise ValueError(f"logit_bias names token ids {bad} outside this model's vocabulary (0..{llama.n_vocab() - 1})")
+        llama._lib.llama_sampler_free(self.new_native(llama))
+
+    def new_native(self, llama):
+        """The native chain (NULL when empty); a grammar that does not parse raises ValueError."""
+        if self.empty:
+            return ffi.NULL
+        p = ffi.new("led_constraint_params *")
+        bias = ffi.new("llama_logit_bias[]", [{"token": t, "bias": b} for t, b in self.logit_bias] or 1)
+        grammar = ffi.new("char[]", self.grammar.encode()) if self.grammar is not None else ffi.NULL
+        p.logit_bias, p.n_logit_bias = bias, len(self.logit_bias)
+        p.repeat_penalty, p.frequency_penalty, p.presence_penalty = (self.repeat_penalty, self.frequency_penalty,
+                                                                     self.presence_penalty)
+        p.penalty_last_n, p.grammar = self.penalty_last_n, grammar
+        chain = llama._lib.led_constraints_new(llama._model, p)
+        if chain == ffi.NULL:
+            raise ValueError("the grammar does not parse as GBNF with a `root` rule (verbose=True shows llama.cpp's "
+                             "parser message)")
+        return chain
+
+
 @dataclass(frozen=True)
 class StandardSampling:
-    """Penalties, top-k, top-p, min-p, temperature, then a seeded draw; temperature 0 is greedy."""
+    """llama-cpp-python's chain: the constraints (logit bias, penalties, grammar), then top-k, typical-p,
+    top-p, min-p, temperature and a seeded draw (or Mirostat 1/2 after the temperature, as llama.cpp's
+    common sampling does); temperature 0 is greedy."""
 
     temperature: float = 0.8
     top_k: int = 40
@@ -38,6 +138,14 @@ class StandardSampling:
     min_p: float = 0.05
     repeat_penalty: float = 1.0
     repeat_last_n: int = 64
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    typical_p: float = 1.0
+    mirostat_mode: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    logit_bias: tuple = ()
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         _finite("temperature", self.temperature, 0.0)
@@ -45,22 +153,45 @@ class StandardSampling:
             raise TypeError(f"top_k must be an integer, got {self.top_k!r}")
         _finite("top_p", self.top_p, 0.0, 1.0)
         _finite("min_p", self.min_p, 0.0, 1.0)
-        _finite("repeat_penalty", self.repeat_penalty, 0.0)
-        if self.repeat_penalty <= 0:
-            raise ValueError("repeat_penalty must be > 0 (1.0 turns it off)")
+        _finite("typical_p", self.typical_p, 0.0, 1.0)
+        if self.mirostat_mode not in (0, 1, 2) or isinstance(self.mirostat_mode, bool):
+            raise ValueError(f"mirostat_mode must be 0 (off), 1 or 2, got {self.mirostat_mode!r}")
+        _finite("mirostat_tau", self.mirostat_tau, 0.0)
+        _finite("mirostat_eta", self.mirostat_eta, 0.0)
+        object.__setattr__(self, "constraints", Constraints(
+            logit_bias=self.logit_bias, repeat_penalty=self.repeat_penalty, frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty, penalty_last_n=self.repeat_last_n, grammar=self.grammar))
+        object.__setattr__(self, "logit_bias", self.constraints.logit_bias)
+        object.__setattr__(self, "grammar", self.constraints.grammar)
+
+    def check(self, llama) -> None:
+        self.constraints.check(llama)
+
+    def new_chain(self, llama, seed: int, constraints=ffi.NULL):
+        """llama.cpp's chain: `constraints` (a native chain, taken over; NULL: none), then the truncations,
+        temperature and draw."""
+        p = ffi.new("led_standard_params *")
+        p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p = (self.temperature, self.top_k, self.top_p,
+                                                                 self.min_p, self.typical_p)
+        p.mirostat, p.mirostat_tau, p.mirostat_eta = self.mirostat_mode, self.mirostat_tau, self.mirostat_eta
+        p.n_vocab, p.seed = llama.n_vocab(), seed
+        return llama._lib.led_sampler_standard_new(constraints, p)
 
     def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
-        return llama._lib.led_sampler_standard_new(
-            llama._model, self.temperature, self.top_k, self.top_p, self.min_p,
-            self.repeat_penalty, self.repeat_last_n, seed,
-        )
+        # the constraints first, checked to leave a token before the chain draws (csrc/led_sampler.h)
+        constraints = self.constraints.new_native(llama)
+        return llama._lib.chain_sampler_new(llama._model, constraints, self.new_chain(llama, seed))
+
+    @staticmethod
+    def free_native(llama, handle) -> None:
+        llama._lib.chain_sampler_free(ffi.cast("struct chain_sampler *", handle))
 
     def graph_needs(self, llama) -> tuple[tuple[int, ...], bool, bool]:
         """(latent layers, with head logits, latent_norm) the graph must hand out: nothing for this sampler."""
         return ((), False, False)
 
     def sample(self, llama, handle, row: int) -> int:
-        return llama._lib.llama_sampler_sample(handle, llama._ctx, row)
+        return _checked_token(llama._lib.chain_sampler_sample(handle, llama._ctx, row), "logits")
 
     def trace(self, handle) -> dict | None:
         return None
@@ -132,9 +263,14 @@ class LEDSampling:
 
     temperature: float = 0.6
     config: LEDConfig = LEDConfig()
+    constraints: Constraints = Constraints()
 
     def __post_init__(self) -> None:
         _finite("temperature", self.temperature, 0.0)
+
+    def check(self, llama) -> None:
+        self.config.latent_layers(llama)
+        self.constraints.check(llama)
 
     def graph_needs(self, llama) -> tuple[tuple[int, ...], bool, bool]:
         # states only: the head runs over them on demand, on the steps whose coin explores
@@ -147,13 +283,13 @@ class LEDSampling:
         self.config.latent_layers(llama)
         marker = llama.end_of_thinking_tokens() if self.config.think_only else []
         return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,
-                                       self.config.think_only, marker, seed, latent_index)
+                                       self.config.think_only, marker, seed, latent_index,
+                                       self.constraints.new_native(llama))
+
+    free_native = staticmethod(_free_llama_sampler)
 
     def sample(self, llama, handle, row: int) -> int:
-        token = llama._lib.led_sampler_sample(handle, llama._ctx, row)
-        if token < 0:
-            raise RuntimeError("the LED sampler found no latent logits for its row (see the log with verbose=True)")
-        return token
+        return _checked_token(llama._lib.led_sampler_sample(handle, llama._ctx, row), "latent logits")
 
     def trace(self, handle) -> dict:
         # explored, depth m*, p_top1, the two draws, whether the latent head ran, the candidates and the
@@ -194,6 +330,10 @@ class DoLaSampling:
     def _layers(self) -> str | list[int]:
         return list(self.dola_layers) if isinstance(self.dola_layers, tuple) else self.dola_layers
 
+    def check(self, llama) -> None:
+        self.candidates(llama)
+        self.chain.check(llama)
+
     def candidates(self, llama) -> list[int]:
         cands = dola_candidate_layers(llama.n_layer(), llama.head_is_tied(), self._layers())
         if not cands:
@@ -206,16 +346,21 @@ class DoLaSampling:
         return (tuple(layer - 1 for layer in self.candidates(llama)), True, False)
 
     def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
-        # dola_sampler_new takes the chain over (and frees it if it fails)
+        # logit bias and grammar on the final logits before the contrast (its plausibility set then holds only
+        # allowed tokens); the penalties run on the contrast, as transformers' processors do after DoLa.
+        # dola_sampler_new takes both over (and frees them if it fails)
+        c = self.chain.constraints
+        before = Constraints(logit_bias=c.logit_bias, grammar=c.grammar).new_native(llama)
+        after = Constraints(repeat_penalty=c.repeat_penalty, frequency_penalty=c.frequency_penalty,
+                            presence_penalty=c.presence_penalty, penalty_last_n=c.penalty_last_n).new_native(llama)
         index = ffi.new("int32_t[]", latent_index) if latent_index else ffi.NULL
-        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), index,
-                                           self.chain.new_native(llama, seed))
+        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), index, before,
+                                           self.chain.new_chain(llama, seed, after))
+
+    free_native = staticmethod(_free_llama_sampler)
 
     def sample(self, llama, handle, row: int) -> int:
-        token = llama._lib.dola_sampler_sample(handle, llama._ctx, row)
-        if token < 0:
-            raise RuntimeError("the DoLa sampler found no premature-layer logits for its row")
-        return token
+        return _checked_token(llama._lib.dola_sampler_sample(handle, llama._ctx, row), "premature-layer logits")
 
     def trace(self, handle) -> dict:
         return {"premature": int(_native.lib().dola_sampler_last(handle))}
@@ -258,7 +403,7 @@ class NativeSamplers:
 
     def close(self) -> None:
         for h in self.handles:
-            self._lib.llama_sampler_free(h)
+            self.spec.free_native(self._llama, h)
         self.handles = []
 
     def __enter__(self) -> "NativeSamplers":

@@ -48,8 +48,19 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# accepted and without effect on the output
+HARMLESS_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "cache_prompt"}
+# not honoured yet: accepted only at the value that asks for nothing
+NEUTRAL_VALUES = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+                  "suffix": (None, ""), "best_of": (None, 1), "response_format": (None, {"type": "text"}),
+                  "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+                  "function_call": (None, "none", "auto")}
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, logit_bias, ...) are ignored
+    # any other field is refused by name (check_fields): one that would change the output must not be
+    # silently ignored
+    model_config = ConfigDict(extra="allow")
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -66,8 +77,27 @@ class _Common(BaseModel):
     led: LEDFields | None = None
     dola_layers: Literal["low", "high"] | list[int] | None = None
     repeat_penalty: float = Field(default=1.0, gt=0.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
+    typical_p: float = Field(default=1.0, ge=0.0, le=1.0)
+    mirostat: int = Field(default=0, ge=0, le=2)  # llama-server's names
+    mirostat_tau: float = Field(default=5.0, ge=0.0)
+    mirostat_eta: float = Field(default=0.1, ge=0.0)
+    grammar: str | None = None  # GBNF, as llama-server takes it
+
+    def check_fields(self) -> None:
+        for name, value in (self.model_extra or {}).items():
+            if name in HARMLESS_FIELDS:
+                continue
+            if name in NEUTRAL_VALUES:
+                if value in NEUTRAL_VALUES[name]:
+                    continue
+                raise ApiError(f"'{name}' is not supported by this server yet; leave it out", name)
+            raise ApiError(f"unknown field '{name}': led-local serve does not support it", name)
 
     def generation_kwargs(self, limits: "Limits", default_max_tokens: int | None) -> dict:
+        self.check_fields()
         max_tokens = self.max_completion_tokens or self.max_tokens or default_max_tokens or limits.max_tokens
         if max_tokens > limits.max_tokens:
             raise ApiError(f"max_tokens={max_tokens} exceeds this server's limit of {limits.max_tokens}", "max_tokens")
@@ -75,7 +105,11 @@ class _Common(BaseModel):
             raise ApiError(f"n={self.n} exceeds this server's limit of {limits.max_n}", "n")
         kwargs: dict[str, Any] = dict(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
                                       top_k=self.top_k, min_p=self.min_p, n=self.n, stop=self.stop, seed=self.seed,
-                                      sampler=self.sampler, repeat_penalty=self.repeat_penalty)
+                                      sampler=self.sampler, repeat_penalty=self.repeat_penalty,
+                                      frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                                      logit_bias=self.logit_bias, typical_p=self.typical_p, mirostat_mode=self.mirostat,
+                                      mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
+                                      grammar=self.grammar)
         if self.led is not None:
             kwargs["led"] = self.led.model_dump()
         if self.dola_layers is not None:

@@ -97,20 +97,27 @@ LED = {"d": 4, "k": 8, "latent_norm": False, "exploit": False, "think_only": Fal
 
 # (what differs from BASE, as Llama keywords); each group's first entry is what the others are compared with
 FIELD_CASES = {
-    "standard": [{}, {"top_p": 0.3}, {"top_k": 3}, {"min_p": 0.3}, {"repeat_penalty": 1.5}, {"temperature": 0.3}],
+    "standard": [{}, {"top_p": 0.3}, {"top_k": 3}, {"min_p": 0.3}, {"repeat_penalty": 1.5}, {"temperature": 0.3},
+                 {"frequency_penalty": 1.5}, {"presence_penalty": 1.5}, {"logit_bias": {"50": 6.0, "60": -100.0}},
+                 {"typical_p": 0.4}, {"mirostat_mode": 2, "mirostat_tau": 1.0}, {"grammar": 'root ::= [a-e ]+ "."'}],
     "dola": [{"sampler": "dola", "dola_layers": "high"}, {"sampler": "dola", "dola_layers": "low"},
              {"sampler": "dola", "dola_layers": [1]}],
     # (a draw on which every LED field changes the text: on this flat model the coin explores ~90 % of the
     # steps either way, so `exploit` shows on a long enough answer only)
     "led": [{"sampler": "led", "led": LED | change, "temperature": 0.6, "seed": 5, "max_tokens": 64} for change in
-            ({}, {"d": 3}, {"k": 2}, {"latent_norm": True}, {"exploit": True}, {"think_only": True})],
+            ({}, {"d": 3}, {"k": 2}, {"latent_norm": True}, {"exploit": True}, {"think_only": True})]
+           + [{"sampler": "led", "led": LED, "temperature": 0.6, "seed": 5, "max_tokens": 64} | change for change in
+              ({"logit_bias": {"50": 6.0}}, {"frequency_penalty": 1.5}, {"grammar": 'root ::= [a-e ]+ "."'})],
 }
 
 
 def _server_kwargs(case: dict) -> dict:
     """The same request through the official client: OpenAI's own fields as such, ours in extra_body."""
     kw = BASE | case
-    extra = {k: kw.pop(k) for k in ("top_k", "min_p", "repeat_penalty", "sampler", "led", "dola_layers") if k in kw}
+    extra = {k: kw.pop(k) for k in ("top_k", "min_p", "repeat_penalty", "sampler", "led", "dola_layers", "typical_p",
+                                    "mirostat_tau", "grammar") if k in kw}
+    if "mirostat_mode" in kw:
+        extra["mirostat"] = kw.pop("mirostat_mode")  # llama-server's name
     return kw | {"extra_body": extra}
 
 
@@ -156,6 +163,30 @@ def test_bad_requests_get_400_in_openai_shape(client, kwargs, param):
     assert body["error"]["type"] == "invalid_request_error" and body["error"]["message"]
     if param:
         assert param in (body["error"]["param"] or body["error"]["message"])
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"reasoning_effort": "high"}, "reasoning_effort"),
+    ({"logprobs": True}, "logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"grammar": "root ::= ("}, None),
+    ({"logit_bias": {"999999": 1}}, None),
+])
+def test_fields_that_cannot_be_honoured_get_400(client, extra, param):
+    """Never silently ignored: a field that would change the output and is not honoured is refused by name."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="x", messages=CHAT, max_tokens=3, extra_body=extra)
+    body = e.value.response.json()
+    assert body["error"]["type"] == "invalid_request_error"
+    if param:
+        assert body["error"]["param"] == param and param in body["error"]["message"]
+
+
+def test_harmless_and_neutral_fields_are_accepted(client):
+    r = client.chat.completions.create(model="x", messages=CHAT, max_tokens=3, user="someone", logprobs=False,
+                                       extra_body={"tools": [], "response_format": {"type": "text"}})
+    assert r.choices[0].message.content is not None
 
 
 def test_wrong_or_missing_api_key(server):

@@ -1,5 +1,6 @@
 """With latents off, our build generates exactly what upstream llama-cpp-python on unpatched llama.cpp does:
-greedy, seeded sampling with each of top-k, top-p, min-p and the repetition penalty, and the defaults.
+greedy, seeded sampling with each of top-k, top-p, min-p, typical-p, the repetition, frequency and presence
+penalties and a GBNF grammar, and the defaults.
 
 The reference runs in a subprocess (llama-cpp-python binds its library at import time). llama.cpp's own
 default turns flash attention on where supported (auto) and led-local keeps that default, while
@@ -44,6 +45,8 @@ import llama_cpp
 path, prompt, n, seed, settings = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
 llm = llama_cpp.Llama(path, n_ctx=512, n_threads=1, n_batch=512, verbose=False, flash_attn=True)
 tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+if "grammar" in settings:
+    settings["grammar"] = llama_cpp.LlamaGrammar.from_string(settings["grammar"], verbose=False)
 llm.set_seed(seed)
 out = []
 for t in llm.generate(tokens, reset=True, **settings):
@@ -128,7 +131,12 @@ UNFILTERED = dict(temp=1.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
     dict(temp=1.0, min_p=0.15),
     dict(temp=0.9, repeat_penalty=1.4),
     dict(temp=0.8, top_k=40, top_p=0.95, min_p=0.05, repeat_penalty=1.1),
-], ids=["top_k", "top_p", "min_p", "repeat_penalty", "all"])
+    dict(temp=1.0, frequency_penalty=1.2),
+    dict(temp=1.0, presence_penalty=1.5),
+    dict(temp=1.0, typical_p=0.4),
+    dict(temp=1.0, grammar='root ::= [a-z ]+ "."'),
+], ids=["top_k", "top_p", "min_p", "repeat_penalty", "all", "frequency_penalty", "presence_penalty", "typical_p",
+        "grammar"])
 def test_seeded_sampling_identical_to_upstream(upstream, smollm2_path, settings):
     """Each filter, seeded at T > 0, against llama-cpp-python's own chain: the same tokens. The unfiltered
     draw with the same seed differs, so a filter that were ignored could not pass."""
@@ -136,7 +144,9 @@ def test_seeded_sampling_identical_to_upstream(upstream, smollm2_path, settings)
     prompt, seed, n = "Once upon a time, in a small village,", 1234, 40
     ref = run_upstream(upstream, SAMPLED, smollm2_path, prompt, n, seed, json.dumps(s))
     spec = StandardSampling(temperature=s["temp"], top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"],
-                            repeat_penalty=s["repeat_penalty"])
+                            repeat_penalty=s["repeat_penalty"], frequency_penalty=s.get("frequency_penalty", 0.0),
+                            presence_penalty=s.get("presence_penalty", 0.0), typical_p=s.get("typical_p", 1.0),
+                            grammar=s.get("grammar"))
     ours = ours_tokens(smollm2_path, prompt, n, spec, seed)
     assert ours == ref
     unfiltered = ours_tokens(smollm2_path, prompt, n, StandardSampling(temperature=s["temp"], top_k=0, top_p=1.0,
