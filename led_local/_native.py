@@ -250,3 +250,40 @@ def dola_contrast(final_logits, premature):
                                ffi.cast("const float *", premature.ctypes.data), premature.shape[0],
                                final_logits.shape[0], ffi.cast("float *", out.ctypes.data))
     return out, int(best)
+
+
+# --- led_common: the pinned common library's converters (csrc/led_common.h) ------------------------------
+
+common_ffi = FFI()
+common_ffi.cdef("""
+char * led_json_schema_to_grammar(const char * schema_json, char * error, size_t error_size);
+void led_common_free(char * s);
+""")
+_common = None
+
+
+def common():
+    """libled_common, loaded on first use (it is only needed to turn JSON schemas into grammars)."""
+    global _common
+    with _lock:
+        if _common is None:
+            name = {"darwin": "libled_common.dylib", "win32": "led_common.dll"}.get(sys.platform, "libled_common.so")
+            path = lib_dir() / name
+            if not path.exists():
+                raise ImportError(f"led-local's {name} is missing from {path.parent}; reinstall with `pip install .`")
+            _common = common_ffi.dlopen(str(path))
+        return _common
+
+
+def json_schema_to_grammar(schema_json: str) -> str:
+    """GBNF for a JSON schema (JSON text), by llama.cpp's common/json-schema-to-grammar; ValueError if it
+    cannot be converted."""
+    c = common()
+    error = common_ffi.new("char[]", 1024)
+    out = c.led_json_schema_to_grammar(schema_json.encode(), error, 1024)
+    if out == common_ffi.NULL:
+        raise ValueError(common_ffi.string(error).decode(errors="replace"))
+    try:
+        return common_ffi.string(out).decode()
+    finally:
+        c.led_common_free(out)

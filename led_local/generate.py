@@ -10,6 +10,7 @@ import uuid
 from typing import Iterator, Sequence
 
 from . import chat
+from .grammar import response_format_grammar
 from .scheduler import Delta, Job
 from .sampling import (SAMPLERS, Constraints, DoLaSampling, LEDConfig, LEDSampling, StandardSampling,
                        resolve_seed)
@@ -241,6 +242,14 @@ def _sampling(args: dict) -> dict:
     return {k: args[k] for k in _SAMPLING_ARGS}
 
 
+def chat_grammar(grammar, response_format: dict | None):
+    """The grammar a chat request constrains its answer with: `grammar`, or its `response_format`'s."""
+    from_format = response_format_grammar(response_format)
+    if from_format is not None and grammar is not None:
+        raise ValueError("give grammar or a JSON response_format, not both")
+    return grammar if from_format is None else from_format
+
+
 def chat_prompt_tokens(llama, messages: list[dict]) -> list[int]:
     bos, eos = llama.token_text(llama.token_bos()), llama.token_text(llama.token_eos())
     text = chat.render(llama.chat_template(), messages, bos_token=bos, eos_token=eos)
@@ -275,9 +284,12 @@ def create_chat_completion(
     led: LEDConfig | dict | None = None,
     dola_layers: str | list[int] | None = None,
     trace: bool = False,
+    response_format: dict | None = None,
 ) -> dict | Iterator[dict]:
     """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks. The
-    arguments are create_completion's."""
+    arguments are create_completion's, and `response_format` as OpenAI's (JSON mode, a JSON schema)."""
+    sampling = _sampling(locals())
+    sampling["grammar"] = chat_grammar(grammar, response_format)
     job, shape = prepare(llama, chat_prompt_tokens(llama, messages), chat=True, n=n, max_tokens=max_tokens,
-                         stop=stop, seed=seed, sampler=sampler, trace=trace, **_sampling(locals()))
+                         stop=stop, seed=seed, sampler=sampler, trace=trace, **sampling)
     return deliver(llama, job, shape, stream)

@@ -1,10 +1,15 @@
 """Grammars that constrain generation, as llama-cpp-python's `LlamaGrammar`: GBNF text (llama.cpp's grammar
-format, checked when a request uses it) from a string or a file."""
+format, checked when a request uses it) from a string, a file or a JSON schema (converted by the pinned
+llama.cpp's common/json-schema-to-grammar, as llama-server does); and OpenAI's `response_format` as one."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
+
+from . import _native
 
 
 class LlamaGrammar:
@@ -23,5 +28,43 @@ class LlamaGrammar:
     def from_file(cls, file: str | os.PathLike, verbose: bool = True) -> "LlamaGrammar":
         return cls(Path(file).read_text(encoding="utf-8"))
 
+    @classmethod
+    def from_json_schema(cls, json_schema: str | dict, verbose: bool = True) -> "LlamaGrammar":
+        """Output that is JSON valid against the schema (JSON text or a dict)."""
+        text = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
+        try:
+            json.loads(text)
+        except ValueError as e:
+            raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
+        try:
+            return cls(_native.json_schema_to_grammar(text))
+        except ValueError as e:
+            raise ValueError(f"the JSON schema cannot be turned into a grammar: {e}") from None
+
     def __repr__(self) -> str:
         return f"LlamaGrammar({self.gbnf[:60]!r}{'...' if len(self.gbnf) > 60 else ''})"
+
+
+def response_format_grammar(response_format: Any) -> str | None:
+    """GBNF for OpenAI's `response_format`: {"type": "text"} (None: no grammar), {"type": "json_object"}
+    (any JSON object, or llama-cpp-python's optional "schema"), {"type": "json_schema", "json_schema":
+    {"name": ..., "schema": {...}, "strict": ...}}."""
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict) or not isinstance(response_format.get("type"), str):
+        raise ValueError('response_format must be an object with a "type": "text", "json_object" or "json_schema"')
+    kind = response_format["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = response_format.get("schema") or {"type": "object"}
+    elif kind == "json_schema":
+        spec = response_format.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+            raise ValueError('response_format json_schema needs {"json_schema": {"name": ..., "schema": {...}}}')
+        schema = spec.get("schema") or {"type": "object"}
+    else:
+        raise ValueError(f"response_format type {kind!r} is not supported; use text, json_object or json_schema")
+    if not isinstance(schema, dict):
+        raise ValueError("response_format's schema must be a JSON object")
+    return LlamaGrammar.from_json_schema(schema).gbnf

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from .chat import ChatTemplateError
-from .generate import chat_prompt_tokens, completion_prompt_tokens, prepare
+from .generate import chat_grammar, chat_prompt_tokens, completion_prompt_tokens, prepare
 from .llama import Llama
 from .scheduler import Job
 
@@ -147,6 +147,7 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
+    response_format: dict[str, Any] | None = None  # JSON mode and JSON schemas (grammar.py)
 
 
 # --- errors in OpenAI's shape ----------------------------------------------------------------------------
@@ -302,6 +303,10 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         messages = [m.as_text() for m in body.messages]
+        try:
+            body.grammar = chat_grammar(body.grammar, body.response_format)
+        except ValueError as e:
+            raise ApiError(str(e), "response_format") from None
         return await respond(body, lambda: chat_prompt_tokens(llama, messages), True, None)
 
     return app

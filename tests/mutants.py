@@ -159,6 +159,13 @@ MUTANTS = [
            "                                                                     self.frequency_penalty)",
            ("tests/test_upstream.py::test_seeded_sampling_identical_to_upstream[presence_penalty]",
             "tests/test_constraints.py::test_led_constraints_act_on_the_final_layer_before_the_candidates")),
+    Mutant("json mode: response_format's grammar dropped", "led_local/generate.py",
+           "return grammar if from_format is None else from_format", "return grammar",
+           ("tests/test_constraints.py::test_json_schema_answers_validate",)),
+    Mutant("server: response_format dropped", "led_local/server.py",
+           "body.grammar = chat_grammar(body.grammar, body.response_format)",
+           "chat_grammar(body.grammar, body.response_format)",
+           ("tests/test_server.py::test_json_schema_response_format_through_the_official_client",)),
     # --- batch-invariant kernels ---------------------------------------------------------------------------------
     Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
            "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",

@@ -154,3 +154,47 @@ def test_typical_and_mirostat_change_the_draw(smol):
     plain = smol.create_completion("Once upon a time", **kw)["choices"][0]["text"]
     assert smol.create_completion("Once upon a time", typical_p=0.3, **kw)["choices"][0]["text"] != plain
     assert smol.create_completion("Once upon a time", mirostat_mode=2, mirostat_tau=2.0, **kw)["choices"][0]["text"] != plain
+
+
+PERSON = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                           "age": {"type": "integer", "minimum": 0, "maximum": 120},
+                                           "colours": {"type": "array", "items": {"enum": ["red", "green", "blue"]},
+                                                       "maxItems": 3}},
+          "required": ["name", "age", "colours"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("sampler", ["standard", "led"])
+def test_json_schema_answers_validate(smol, sampler):
+    """OpenAI's json_schema response_format, turned into a grammar by llama.cpp's converter: every sample
+    parses and validates against the schema."""
+    import json
+
+    import jsonschema
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    out = smol.create_chat_completion([{"role": "user", "content": "Describe a person as JSON."}], n=3, seed=1,
+                                      temperature=0.8, max_tokens=120, sampler=sampler, response_format=fmt)
+    for c in out["choices"]:
+        assert c["finish_reason"] == "stop", c["message"]["content"]
+        jsonschema.validate(json.loads(c["message"]["content"]), PERSON)
+
+
+def test_json_object_mode_answers_an_object(smol):
+    import json
+
+    out = smol.create_chat_completion([{"role": "user", "content": "Give your name and age as JSON."}], seed=3,
+                                      temperature=0.0, max_tokens=120, response_format={"type": "json_object"})
+    assert isinstance(json.loads(out["choices"][0]["message"]["content"]), dict)
+
+
+@pytest.mark.parametrize("fmt, message", [
+    ({"type": "xml"}, "not supported"),
+    ({"type": "json_schema"}, "json_schema needs"),
+    ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/nowhere"}}}, "cannot be turned"),
+])
+def test_bad_response_formats_are_clear_errors(smol, fmt, message):
+    with pytest.raises(ValueError, match=message):
+        smol.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=2, response_format=fmt)
+    with pytest.raises(ValueError, match="not both"):
+        smol.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=2, grammar='root ::= "a"',
+                                    response_format={"type": "json_object"})

@@ -168,7 +168,7 @@ def test_bad_requests_get_400_in_openai_shape(client, kwargs, param):
 @pytest.mark.parametrize("extra, param", [
     ({"reasoning_effort": "high"}, "reasoning_effort"),
     ({"logprobs": True}, "logprobs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ({"grammar": "root ::= ("}, None),
     ({"logit_bias": {"999999": 1}}, None),
@@ -181,6 +181,18 @@ def test_fields_that_cannot_be_honoured_get_400(client, extra, param):
     assert body["error"]["type"] == "invalid_request_error"
     if param:
         assert body["error"]["param"] == param and param in body["error"]["message"]
+
+
+def test_json_schema_response_format_through_the_official_client(client):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"enum": [1, 2, 3]}},
+              "required": ["ok", "n"], "additionalProperties": False}
+    for sampler in ("standard", "led"):
+        r = client.chat.completions.create(
+            model="x", messages=CHAT, max_tokens=60, temperature=1.0, seed=4, extra_body={"sampler": sampler} | ({"led": LED} if sampler == "led" else {}),
+            response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
 
 
 def test_harmless_and_neutral_fields_are_accepted(client):
