@@ -66,10 +66,10 @@ MUTANTS = [
     Mutant("led: think_only ignored (always stops exploring after </think>)", "led_local/sampling.py",
            "marker = llama.end_of_thinking_tokens() if self.config.think_only else []\n"
            "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
-           "                                       self.config.think_only, marker, seed, latent_index)",
+           "                                       self.config.think_only, marker, seed, latent_index,",
            "marker = llama.end_of_thinking_tokens()\n"
            "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
-           "                                       True, marker, seed, latent_index)",
+           "                                       True, marker, seed, latent_index,",
            (T_LEDGEN + "test_think_only_off_keeps_exploring_after_end_of_thinking",)),
     Mutant("led: think_only ignored (never stops exploring)", "csrc/led_sampler.c",
            "const bool allowed = !(p->think_only && st->thinking_over);", "const bool allowed = true;",
@@ -95,16 +95,16 @@ MUTANTS = [
            ("tests/test_led_core.py::test_gates",)),
     # --- standard sampling ------------------------------------------------------------------------------------
     Mutant("standard: top_k ignored", "led_local/sampling.py",
-           "self.temperature, self.top_k, self.top_p, self.min_p,", "self.temperature, 0, self.top_p, self.min_p,",
+           "(self.temperature, self.top_k, self.top_p,\n", "(self.temperature, 0, self.top_p,\n",
            (T_UPSTREAM,)),
     Mutant("standard: top_p ignored", "led_local/sampling.py",
-           "self.temperature, self.top_k, self.top_p, self.min_p,", "self.temperature, self.top_k, 1.0, self.min_p,",
+           "(self.temperature, self.top_k, self.top_p,\n", "(self.temperature, self.top_k, 1.0,\n",
            (T_UPSTREAM,)),
     Mutant("standard: min_p ignored", "led_local/sampling.py",
-           "self.temperature, self.top_k, self.top_p, self.min_p,", "self.temperature, self.top_k, self.top_p, 0.0,",
+           "self.min_p, self.typical_p)", "0.0, self.typical_p)",
            (T_UPSTREAM,)),
     Mutant("standard: repeat_penalty ignored", "led_local/sampling.py",
-           "            self.repeat_penalty, self.repeat_last_n, seed,", "            1.0, self.repeat_last_n, seed,",
+           "logit_bias=self.logit_bias, repeat_penalty=self.repeat_penalty,", "logit_bias=self.logit_bias, repeat_penalty=1.0,",
            (T_UPSTREAM,)),
     Mutant("standard: a default that is not llama-cpp-python's (top_k 20)", "led_local/generate.py",
            "    max_tokens: int | None = 16,\n    temperature: float = 0.8,\n    top_k: int = 40,",
