@@ -197,12 +197,19 @@ int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature
     out->depth = led_explore_distribution(ws->q, d, n, out->explore_probs, ws->s, ws->p);
     led_exploit_distribution(ws->q, n, out->exploit_probs);
     out->p_exploit = led_p_exploit(out->p_top1, exploit, explore_allowed);
+    // the emitted-token distribution: each branch's, weighted by the coin; greedy (step 9) emits each
+    // branch's argmax, so there the branches are point masses
+    const bool greedy = temperature <= 0.0f;
+    const int32_t top_exploit = led_draw(out->exploit_probs, n, 0.0f, true);
+    const int32_t top_explore = led_draw(out->explore_probs, n, 0.0f, true);
     for (int32_t c = 0; c < n; c++) {
-        out->token_probs[c] = out->p_exploit * out->exploit_probs[c] + (1.0f - out->p_exploit) * out->explore_probs[c];
+        const float r = greedy ? (float) (c == top_exploit) : out->exploit_probs[c];
+        const float e = greedy ? (float) (c == top_explore) : out->explore_probs[c];
+        out->token_probs[c] = out->p_exploit * r + (1.0f - out->p_exploit) * e;
     }
     // step 9: the coin first, then a draw from the chosen distribution (argmax when greedy)
     out->explored = u_coin < 1.0f - out->p_exploit;
-    const int32_t c = led_draw(out->explored ? out->explore_probs : out->exploit_probs, n, u_sample, temperature <= 0.0f);
+    const int32_t c = led_draw(out->explored ? out->explore_probs : out->exploit_probs, n, u_sample, greedy);
     out->token = out->candidates[c];
     return 0;
 }

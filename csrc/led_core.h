@@ -65,7 +65,8 @@ void            led_workspace_free(led_workspace * ws);
 typedef struct led_step_result {
     int32_t n_cand;          // min(k, V)
     int32_t * candidates;    // [k]   (caller's buffers, k entries each)
-    float   * token_probs;   // [k]   the emitted-token distribution: p1*r_0 + (1-p1)*P_{m*}
+    float   * token_probs;   // [k]   the emitted-token distribution: p1*r_0 + (1-p1)*P_{m*}; greedy (T = 0):
+                             //       p1 on argmax r_0 plus (1-p1) on argmax P_{m*}
     float   * explore_probs; // [k]   P_{m*}
     float   * exploit_probs; // [k]   r_0
     float   p_top1;          // p_0 of the top candidate, full vocabulary, temperature T

@@ -17,6 +17,7 @@ class LEDStep:
 
     candidates: np.ndarray     # int32 [n]: the final layer's top-k, descending (ties: lower id first)
     token_probs: np.ndarray    # float32 [n]: the emitted-token distribution p1*r_0 + (1-p1)*P_{m*}
+                               # (at T = 0 each branch its argmax: p1 on argmax r_0, 1-p1 on argmax P_{m*})
     explore_probs: np.ndarray  # float32 [n]: P_{m*}
     exploit_probs: np.ndarray  # float32 [n]: r_0, p_0 renormalized over the candidates
     p_top1: float              # the final layer's top-1 probability over the full vocabulary

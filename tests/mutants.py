@@ -142,6 +142,11 @@ MUTANTS = [
     Mutant("chat: the reservoir notice on every switch to LED", "led_local/commands/chat.py",
            "        self.noticed = True\n", "        self.noticed = False\n",
            ("tests/test_commands.py::test_chat_says_once_when_led_will_rarely_explore",)),
+    Mutant("led core: greedy token_probs report the T > 0 mixture", "csrc/led_core.c",
+           "        const float r = greedy ? (float) (c == top_exploit) : out->exploit_probs[c];\n"
+           "        const float e = greedy ? (float) (c == top_explore) : out->explore_probs[c];",
+           "        const float r = out->exploit_probs[c];\n        const float e = out->explore_probs[c];",
+           ("tests/test_led_core.py::test_greedy_token_probs_are_what_greedy_emits",)),
     # --- constraints: logit bias, penalties, grammar -----------------------------------------------------------
     Mutant("led: candidates picked from the unconstrained final logits", "csrc/led_sampler.c",
            "        z0 = st->z0c;\n        if (n_allowed == 0) {", "        if (n_allowed == 0) {",

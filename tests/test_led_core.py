@@ -39,7 +39,13 @@ def reference(logits, T, k, exploit=True, explore_allowed=True):
     p1 = p[0, cand[0]]
     r0 = p[0, cand] / p[0, cand].sum() if p[0, cand].sum() > 0 else np.full(len(cand), 1 / len(cand))
     pe = 1.0 if not explore_allowed else (p1 if exploit else 0.0)  # step 8
-    return dict(cand=cand, mix=pe * r0 + (1 - pe) * P[m], explore=P[m], exploit=r0, p1=p1, depth=m, H=H)
+    if T > 0:
+        mix = pe * r0 + (1 - pe) * P[m]
+    else:  # step 9 greedy: each branch emits its argmax
+        mix = np.zeros(len(cand))
+        mix[np.argmax(r0)] += pe
+        mix[np.argmax(P[m])] += 1 - pe
+    return dict(cand=cand, mix=mix, explore=P[m], exploit=r0, p1=p1, depth=m, H=H)
 
 
 def random_logits(rng, d, V, kind):
@@ -126,6 +132,22 @@ def test_greedy_takes_argmax_of_chosen_branch():
     s = led_step(z, 0.0, 2)
     assert s.explore_probs[1] > s.explore_probs[0]
     assert led_sample(z, 0.0, 2, u_coin=0.0, u_sample=0.5) == 1
+
+
+def test_greedy_token_probs_are_what_greedy_emits():
+    """At T = 0 each branch emits its argmax (LED_SPEC step 9): token_probs puts p1 on r_0's argmax and 1-p1
+    on P_{m*}'s, and agrees with led_sample over the coin's draws."""
+    z = np.array([[5.0, 4.5, 0.0, -1.0], [0.0, 3.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]], np.float32)
+    s = led_step(z, 0.0, 3)
+    assert np.argmax(s.exploit_probs) != np.argmax(s.explore_probs)  # the branches disagree here
+    want = np.zeros(3)
+    want[np.argmax(s.exploit_probs)] += s.p_exploit
+    want[np.argmax(s.explore_probs)] += 1 - s.p_exploit
+    np.testing.assert_allclose(s.token_probs, want, atol=1e-6)
+    coins = np.linspace(0, 1, 2001)[:-1]
+    emitted = [led_sample(z, 0.0, 3, u_coin=u, u_sample=0.5) for u in coins]
+    for c, token in enumerate(s.candidates):
+        assert abs(np.mean([e == token for e in emitted]) - s.token_probs[c]) < 1e-3
 
 
 def test_gates():
