@@ -112,28 +112,65 @@ def sampler_spec(sampler: str, *, temperature: float = 0.8, top_k: int = 40, top
     return standard
 
 
+def _check_logprobs(logprobs: int | None, most: int = 20) -> int | None:
+    if logprobs is None:
+        return None
+    if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= most:
+        raise ValueError(f"logprobs (the alternatives listed per token) must be an integer in [0, {most}], "
+                         f"got {logprobs!r}")
+    return logprobs
+
+
 def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int | None, stop, seed: int | None,
-            sampler: str, trace: bool = False, **sampling) -> tuple[Job, "Shape"]:
+            sampler: str, trace: bool = False, logprobs: int | None = None, text_offset: int = 0,
+            **sampling) -> tuple[Job, "Shape"]:
     """A checked request, not yet submitted: the scheduler's job and the shape of its OpenAI results. Every
-    setting is checked against the model here, before anything runs. `sampling`: sampler_spec's options."""
+    setting is checked against the model here, before anything runs. `sampling`: sampler_spec's options;
+    `logprobs`: hand out each token's log-probability and that many alternatives (None: none)."""
     max_tokens = _check_common(max_tokens, sampler)
+    logprobs = _check_logprobs(logprobs)
     spec = sampler_spec(sampler, **sampling)
     spec.check(llama)
     spec.graph_needs(llama)
     job = Job(prompt=tokens, n=n, max_tokens=max_tokens, spec=spec, seed=resolve_seed(seed, llama.seed),
-              stop=_normalize_stop(stop), trace=bool(trace))
+              stop=_normalize_stop(stop), trace=bool(trace), logprobs=logprobs)
     llama._scheduler.check(job)
-    return job, Shape(llama.model_path, chat=chat, n=n, trace=bool(trace), usage=job.usage)
+    return job, Shape(llama.model_path, chat=chat, n=n, trace=bool(trace), usage=job.usage,
+                      token_bytes=llama.token_to_bytes if logprobs is not None else None, text_offset=text_offset)
 
 
 class Shape:
     """OpenAI's shapes for one request's deltas: `text_completion` / `chat.completion` and their chunks."""
 
-    def __init__(self, model: str, *, chat: bool, n: int, trace: bool, usage: dict) -> None:
+    def __init__(self, model: str, *, chat: bool, n: int, trace: bool, usage: dict, token_bytes=None,
+                 text_offset: int = 0) -> None:
         self.chat, self.n, self.trace, self.usage = chat, n, trace, usage
         self.head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                      "model": model}
         self._started: set[int] = set()
+        self._token_bytes = token_bytes            # set when logprobs were asked for
+        self._offsets = [text_offset] * n          # legacy text_offset: where each choice's next token starts
+
+    def _logprobs(self, index: int, entries: list[dict] | None) -> dict | None:
+        """OpenAI's logprobs of some tokens of choice `index`: chat's `content` list, or the legacy columns."""
+        if self._token_bytes is None:
+            return None
+        entries = entries or []
+
+        def text(token: int) -> str:
+            return self._token_bytes(token).decode("utf-8", errors="replace")
+
+        if self.chat:
+            def item(token: int, logprob: float) -> dict:
+                return {"token": text(token), "logprob": logprob, "bytes": list(self._token_bytes(token))}
+            return {"content": [item(e["token"], e["logprob"]) | {"top_logprobs": [item(t, lp) for t, lp in e["top"]]}
+                                for e in entries]}
+        offsets = []
+        for e in entries:
+            offsets.append(self._offsets[index])
+            self._offsets[index] += len(text(e["token"]))
+        return {"tokens": [text(e["token"]) for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{text(t): lp for t, lp in e["top"]} for e in entries], "text_offset": offsets}
 
     def chunk(self, d: Delta) -> dict:
         if self.chat:
@@ -141,9 +178,11 @@ class Shape:
             self._started.add(d.index)
             if d.text:
                 delta["content"] = d.text
-            choice = {"index": d.index, "delta": delta, "logprobs": None, "finish_reason": d.finish_reason}
+            choice = {"index": d.index, "delta": delta, "logprobs": self._logprobs(d.index, d.logprobs),
+                      "finish_reason": d.finish_reason}
         else:
-            choice = {"text": d.text, "index": d.index, "logprobs": None, "finish_reason": d.finish_reason}
+            choice = {"text": d.text, "index": d.index, "logprobs": self._logprobs(d.index, d.logprobs),
+                      "finish_reason": d.finish_reason}
         if self.trace:
             choice["led_trace"] = d.trace or []
         return {**self.head, "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -156,17 +195,19 @@ class Shape:
 
     def response(self, deltas) -> dict:
         texts, reasons, traces = [""] * self.n, [None] * self.n, [[] for _ in range(self.n)]
+        logprobs: list[list[dict]] = [[] for _ in range(self.n)]
         for d in deltas:
             texts[d.index] += d.text
             reasons[d.index] = d.finish_reason or reasons[d.index]
             if self.trace and d.trace:
                 traces[d.index] += d.trace
+            logprobs[d.index] += d.logprobs or []
         if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
-                        "finish_reason": reasons[i]} for i in range(self.n)]
+            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
+                        "logprobs": self._logprobs(i, logprobs[i]), "finish_reason": reasons[i]} for i in range(self.n)]
         else:
-            choices = [{"text": texts[i], "index": i, "logprobs": None, "finish_reason": reasons[i]}
-                       for i in range(self.n)]
+            choices = [{"text": texts[i], "index": i, "logprobs": self._logprobs(i, logprobs[i]),
+                        "finish_reason": reasons[i]} for i in range(self.n)]
         if self.trace:
             for i, c in enumerate(choices):
                 c["led_trace"] = _trace_summary(traces[i])
@@ -213,6 +254,7 @@ def create_completion(
     seed: int | None = None,
     stream: bool = False,
     n: int = 1,
+    logprobs: int | None = None,
     sampler: str = "standard",
     led: LEDConfig | dict | None = None,
     dola_layers: str | list[int] | None = None,
@@ -221,7 +263,8 @@ def create_completion(
     """Complete `prompt` n times. max_tokens None or <= 0 runs until end of generation or a full context.
 
     Returns an OpenAI `text_completion` dict, or with stream=True an iterator of chunks whose last one has
-    empty `choices` and the `usage`. The sampling arguments are llama-cpp-python's (`grammar`: GBNF text or
+    empty `choices` and the `usage`. `logprobs=N` adds each token's log-probability and its N most likely
+    alternatives (OpenAI's legacy columns; README, Logprobs). The sampling arguments are llama-cpp-python's (`grammar`: GBNF text or
     a LlamaGrammar; `logit_bias`: {token id: bias}). sampler="led" decodes with LED (`led`: an LEDConfig or
     a dict of its fields): bias, penalties and grammar constrain the final logits before LED picks its
     candidates; sampler="dola" with DoLa (`dola_layers`: "low", "high" (default) or transformers' layer
@@ -229,7 +272,8 @@ def create_completion(
     the premature layer).
     """
     job, shape = prepare(llama, completion_prompt_tokens(llama, prompt), chat=False, n=n, max_tokens=max_tokens,
-                         stop=stop, seed=seed, sampler=sampler, trace=trace, **_sampling(locals()))
+                         stop=stop, seed=seed, sampler=sampler, trace=trace, logprobs=logprobs,
+                         text_offset=len(prompt) if isinstance(prompt, str) else 0, **_sampling(locals()))
     return deliver(llama, job, shape, stream)
 
 
@@ -240,6 +284,15 @@ _SAMPLING_ARGS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat
 
 def _sampling(args: dict) -> dict:
     return {k: args[k] for k in _SAMPLING_ARGS}
+
+
+def chat_logprobs(logprobs: bool | None, top_logprobs: int | None) -> int | None:
+    """Chat's pair of fields as the number of alternatives per token (None: no logprobs)."""
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise ValueError(f"logprobs must be true or false in a chat request, got {logprobs!r}")
+    if top_logprobs is not None and not logprobs:
+        raise ValueError("top_logprobs needs logprobs=True")
+    return (top_logprobs or 0) if logprobs else None
 
 
 def chat_grammar(grammar, response_format: dict | None):
@@ -285,11 +338,14 @@ def create_chat_completion(
     dola_layers: str | list[int] | None = None,
     trace: bool = False,
     response_format: dict | None = None,
+    logprobs: bool | None = None,
+    top_logprobs: int | None = None,
 ) -> dict | Iterator[dict]:
     """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks. The
     arguments are create_completion's, and `response_format` as OpenAI's (JSON mode, a JSON schema)."""
     sampling = _sampling(locals())
     sampling["grammar"] = chat_grammar(grammar, response_format)
     job, shape = prepare(llama, chat_prompt_tokens(llama, messages), chat=True, n=n, max_tokens=max_tokens,
-                         stop=stop, seed=seed, sampler=sampler, trace=trace, **sampling)
+                         stop=stop, seed=seed, sampler=sampler, trace=trace,
+                         logprobs=chat_logprobs(logprobs, top_logprobs), **sampling)
     return deliver(llama, job, shape, stream)

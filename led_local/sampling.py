@@ -12,6 +12,8 @@ import math
 import secrets
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import _native
 from ._native import ffi
 
@@ -39,6 +41,16 @@ def _checked_token(token: int, missing: str) -> int:
 
 def _free_llama_sampler(llama, handle) -> None:
     llama._lib.llama_sampler_free(handle)
+
+
+def final_logprobs(llama, row: int, token: int, top: int) -> dict:
+    """The token's log-probability under the model's own final distribution (log-softmax of the row's raw
+    logits, what llama-cpp-python reports), and the `top` most likely tokens with theirs."""
+    z = llama._logits(row).astype(np.float64)
+    m = z.max()
+    logp = z - (m + np.log(np.exp(z - m).sum()))
+    best = np.argsort(-logp, kind="stable")[:top] if top > 0 else []
+    return {"token": token, "logprob": float(logp[token]), "top": [(int(t), float(logp[t])) for t in best]}
 
 
 def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
@@ -193,6 +205,9 @@ class StandardSampling:
     def sample(self, llama, handle, row: int) -> int:
         return _checked_token(llama._lib.chain_sampler_sample(handle, llama._ctx, row), "logits")
 
+    def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
+        return final_logprobs(llama, row, token, top)
+
     def trace(self, handle) -> dict | None:
         return None
 
@@ -291,6 +306,16 @@ class LEDSampling:
     def sample(self, llama, handle, row: int) -> int:
         return _checked_token(llama._lib.led_sampler_sample(handle, llama._ctx, row), "latent logits")
 
+    def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
+        """Under the distribution LED drew the token from at this step (the explore mixture P_{m*} or the
+        final layer's r_0 over the candidates, as the coin chose): the candidates are the only tokens it
+        could emit, so `top` lists at most k of them."""
+        step = _native.led_sampler_last(handle)
+        probs = dict(zip(step["candidates"], step["probs"]))
+        log = {t: (math.log(p) if p > 0 else -math.inf) for t, p in probs.items()}
+        best = sorted(log, key=lambda t: (-log[t], t))[:top]
+        return {"token": token, "logprob": log.get(token, -math.inf), "top": [(t, log[t]) for t in best]}
+
     def trace(self, handle) -> dict:
         # explored, depth m*, p_top1, the two draws, whether the latent head ran, the candidates and the
         # distribution the token was drawn from: enough to replay the step with led_step
@@ -362,6 +387,9 @@ class DoLaSampling:
     def sample(self, llama, handle, row: int) -> int:
         return _checked_token(llama._lib.dola_sampler_sample(handle, llama._ctx, row), "premature-layer logits")
 
+    def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
+        return final_logprobs(llama, row, token, top)  # the model's own distribution, as for standard
+
     def trace(self, handle) -> dict:
         return {"premature": int(_native.lib().dola_sampler_last(handle))}
 
@@ -394,6 +422,9 @@ class NativeSamplers:
 
     def sample(self, seq: int, output_index: int) -> int:
         return self.spec.sample(self._llama, self.handles[seq], output_index)
+
+    def logprobs(self, seq: int, row: int, token: int, top: int) -> dict:
+        return self.spec.logprobs(self._llama, self.handles[seq], row, token, top)
 
     def trace(self, seq: int) -> dict | None:
         t = self.spec.trace(self.handles[seq])

@@ -51,6 +51,7 @@ class Delta:
     text: str
     finish_reason: str | None = None
     trace: list[dict] | None = None  # per-token trace of the tokens sampled in this step (trace=True)
+    logprobs: list[dict] | None = None  # per-token {"token", "logprob", "top"} (Job.logprobs set)
 
 
 @dataclass(eq=False)
@@ -65,6 +66,7 @@ class _Sequence:
     pending_token: int | None = None  # sampled, to be decoded in this step's batch
     row: int | None = None            # its output row in the last decode
     pending_trace: list = field(default_factory=list)
+    pending_logprobs: list = field(default_factory=list)
     cut: bool = False     # a stop string ended it: the text is final, nothing to flush
     closed: bool = False  # its last delta was handed out
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
@@ -108,6 +110,7 @@ class Job:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     trace: bool = False
+    logprobs: int | None = None  # hand out each token's log-probability and this many alternatives
     readout: tuple[tuple[int, ...], bool] | None = None
     # a diagnostic's view of each step: the blocks (and lens) to read out besides what the sampler needs,
     # and a callback given the output row and those blocks' rows among the readout, before each sample
@@ -389,9 +392,11 @@ class Scheduler:
             if job.observe is not None:
                 job.observe(s.row, job.watch_index)
             token = job.samplers.sample(s.index, s.row)
-            s.row = None
             if job.trace:
                 s.pending_trace.append({"token": token, **(job.samplers.trace(s.index) or {})})
+            if job.logprobs is not None and not llama.is_eog(token):
+                s.pending_logprobs.append(job.samplers.logprobs(s.index, s.row, token, job.logprobs))
+            s.row = None
             if llama.is_eog(token):
                 s.finish_reason = "stop"
             else:
@@ -426,10 +431,12 @@ class Scheduler:
                 end = len(s.text)
             else:
                 end = len(s.text) - held_back(s.text, job.stop)
-            if end > s.emitted or s.finish_reason is not None or (job.trace and s.pending_trace):
+            if (end > s.emitted or s.finish_reason is not None or (job.trace and s.pending_trace)
+                    or s.pending_logprobs):
                 job.pending.append(Delta(s.index, s.text[s.emitted: end], s.finish_reason,
-                                         s.pending_trace if job.trace else None))
-                s.emitted, s.pending_trace = end, []
+                                         s.pending_trace if job.trace else None,
+                                         s.pending_logprobs if job.logprobs is not None else None))
+                s.emitted, s.pending_trace, s.pending_logprobs = end, [], []
             s.closed = s.finish_reason is not None
         self._notify(job)
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from .chat import ChatTemplateError
-from .generate import chat_grammar, chat_prompt_tokens, completion_prompt_tokens, prepare
+from .generate import chat_grammar, chat_logprobs, chat_prompt_tokens, completion_prompt_tokens, prepare
 from .llama import Llama
 from .scheduler import Job
 
@@ -51,7 +51,7 @@ class StreamOptions(BaseModel):
 # accepted and without effect on the output
 HARMLESS_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "cache_prompt"}
 # not honoured yet: accepted only at the value that asks for nothing
-NEUTRAL_VALUES = {"logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+NEUTRAL_VALUES = {"echo": (None, False),
                   "suffix": (None, ""), "best_of": (None, 1), "response_format": (None, {"type": "text"}),
                   "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
                   "function_call": (None, "none", "auto")}
@@ -109,7 +109,7 @@ class _Common(BaseModel):
                                       frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
                                       logit_bias=self.logit_bias, typical_p=self.typical_p, mirostat_mode=self.mirostat,
                                       mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
-                                      grammar=self.grammar)
+                                      grammar=self.grammar, logprobs=self.logprob_alternatives())
         if self.led is not None:
             kwargs["led"] = self.led.model_dump()
         if self.dola_layers is not None:
@@ -117,8 +117,16 @@ class _Common(BaseModel):
         return kwargs
 
 
+    def logprob_alternatives(self) -> int | None:
+        return None
+
+
 class CompletionRequest(_Common):
     prompt: str
+    logprobs: int | None = Field(default=None, ge=0, le=20)  # the legacy form: alternatives per token
+
+    def logprob_alternatives(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(BaseModel):
@@ -148,6 +156,14 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     response_format: dict[str, Any] | None = None  # JSON mode and JSON schemas (grammar.py)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    def logprob_alternatives(self) -> int | None:
+        try:
+            return chat_logprobs(self.logprobs, self.top_logprobs)
+        except ValueError as e:
+            raise ApiError(str(e), "top_logprobs") from None
 
 
 # --- errors in OpenAI's shape ----------------------------------------------------------------------------
@@ -260,8 +276,9 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(time.time()),
                                             "owned_by": "led-local"}]}
 
-    async def respond(body: _Common, tokens: Callable[[], list[int]], chat: bool, default_max_tokens: int | None):
-        kwargs = body.generation_kwargs(limits, default_max_tokens)
+    async def respond(body: _Common, tokens: Callable[[], list[int]], chat: bool, default_max_tokens: int | None,
+                      text_offset: int = 0):
+        kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset}
         try:
             job, shape = prepare(llama, tokens(), chat=chat, **kwargs)
         except Exception as e:
@@ -298,7 +315,7 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        return await respond(body, lambda: completion_prompt_tokens(llama, body.prompt), False, 16)
+        return await respond(body, lambda: completion_prompt_tokens(llama, body.prompt), False, 16, len(body.prompt))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):

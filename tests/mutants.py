@@ -171,6 +171,14 @@ MUTANTS = [
            "body.grammar = chat_grammar(body.grammar, body.response_format)",
            "chat_grammar(body.grammar, body.response_format)",
            ("tests/test_server.py::test_json_schema_response_format_through_the_official_client",)),
+    # --- logprobs ------------------------------------------------------------------------------------------------
+    Mutant("logprobs: not normalized (raw logits minus their max)", "led_local/sampling.py",
+           "logp = z - (m + np.log(np.exp(z - m).sum()))", "logp = z - m",
+           ("tests/test_generation.py::test_logprobs_are_the_log_softmax_of_the_final_logits",)),
+    Mutant("led logprobs: the final layer's instead of the distribution drawn from", "led_local/sampling.py",
+           "        step = _native.led_sampler_last(handle)\n",
+           "        return final_logprobs(llama, row, token, top)\n        step = _native.led_sampler_last(handle)\n",
+           ("tests/test_generation.py::test_led_logprobs_are_those_of_the_distribution_drawn_from",)),
     # --- batch-invariant kernels ---------------------------------------------------------------------------------
     Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
            "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",

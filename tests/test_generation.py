@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from led_local import Llama
@@ -158,3 +159,54 @@ def test_utf8_split_across_tokens_streams_whole_characters(tiny):
         found += any(ord(ch) > 127 and ch != "\ufffd" for ch in text) and any(
             len(tiny.token_to_bytes(t)) == 1 and tiny.token_to_bytes(t)[0] >= 0xC2 for t in tokens)
     assert found >= 1  # the case the test is named after really happened
+
+
+def _log_softmax(z):
+    z = np.asarray(z, np.float64)
+    return z - (z.max() + np.log(np.exp(z - z.max()).sum()))
+
+
+def test_logprobs_are_the_log_softmax_of_the_final_logits(smollm2_path):
+    """Standard (and DoLa) sampling: each token's logprob and alternatives are a numpy log-softmax of the
+    raw final logits at that step, without llama-cpp-python's logits_all."""
+    from led_local import Llama
+
+    with Llama(smollm2_path, n_threads=1, n_seq_max=2) as llm:
+        prompt = llm.tokenize("The capital of France is")
+        for sampler in ("standard", "dola"):
+            out = llm.create_completion(prompt, max_tokens=5, temperature=0.8, seed=3, logprobs=3, sampler=sampler)
+            lp = out["choices"][0]["logprobs"]
+            tokens = llm.tokenize(out["choices"][0]["text"], add_bos=False)
+            assert "".join(lp["tokens"]) == out["choices"][0]["text"] and len(lp["tokens"]) == 5
+            for i, token in enumerate(tokens[:3]):
+                ref = _log_softmax(llm.latents(prompt + tokens[:i], layers=[0]).final_logits)
+                assert lp["token_logprobs"][i] == pytest.approx(ref[token], abs=1e-4)
+                best = np.argsort(-ref)[:3]
+                assert list(lp["top_logprobs"][i].values()) == pytest.approx(list(ref[best]), abs=1e-4)
+
+
+def test_led_logprobs_are_those_of_the_distribution_drawn_from(smollm2_path):
+    """LED: the log of the branch's distribution over the candidates (trace: probs), for the token and its
+    alternatives."""
+    from led_local import Llama
+
+    with Llama(smollm2_path, n_threads=1, n_seq_max=2) as llm:
+        out = llm.create_chat_completion([{"role": "user", "content": "Name a fruit."}], max_tokens=8, seed=2,
+                                         temperature=0.8, sampler="led", trace=True, logprobs=True, top_logprobs=4)
+        c = out["choices"][0]
+        for step, item in zip(c["led_trace"]["steps"], c["logprobs"]["content"]):
+            probs = dict(zip(step["candidates"], step["probs"]))
+            assert item["logprob"] == pytest.approx(np.log(probs[step["token"]]), abs=1e-6)
+            best = sorted(probs.values(), reverse=True)[:4]
+            assert [t["logprob"] for t in item["top_logprobs"]] == pytest.approx(list(np.log(best)), abs=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(logprobs=21), dict(logprobs=-1), dict(logprobs=True)])
+def test_bad_logprobs_are_refused(smollm2_path, kwargs):
+    from led_local import Llama
+
+    with Llama(smollm2_path, n_threads=1, n_seq_max=1, n_ctx=512) as llm:
+        with pytest.raises(ValueError, match="logprobs"):
+            llm.create_completion("hi", max_tokens=1, **kwargs)
+        with pytest.raises(ValueError, match="logprobs"):
+            llm.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=1, top_logprobs=2)

@@ -167,7 +167,8 @@ def test_bad_requests_get_400_in_openai_shape(client, kwargs, param):
 
 @pytest.mark.parametrize("extra, param", [
     ({"reasoning_effort": "high"}, "reasoning_effort"),
-    ({"logprobs": True}, "logprobs"),
+    ({"echo": True}, "echo"),
+    ({"top_logprobs": 2}, "top_logprobs"),  # without logprobs
     ({"response_format": {"type": "xml"}}, "response_format"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
     ({"grammar": "root ::= ("}, None),
@@ -193,6 +194,21 @@ def test_json_schema_response_format_through_the_official_client(client):
             model="x", messages=CHAT, max_tokens=60, temperature=1.0, seed=4, extra_body={"sampler": sampler} | ({"led": LED} if sampler == "led" else {}),
             response_format={"type": "json_schema", "json_schema": {"name": "r", "schema": schema}})
         jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+
+
+def test_logprobs_through_the_official_client(client, direct):
+    """Chat's and the legacy completions' shapes, equal to a direct call's."""
+    kw = dict(max_tokens=6, temperature=0.0)
+    want = direct.create_chat_completion(CHAT, logprobs=True, top_logprobs=3, **kw)["choices"][0]["logprobs"]
+    r = client.chat.completions.create(model="x", messages=CHAT, logprobs=True, top_logprobs=3, **kw)
+    got = r.choices[0].logprobs.model_dump()
+    assert len(got["content"]) == r.usage.completion_tokens == len(want["content"])
+    for g, w in zip(got["content"], want["content"]):
+        assert g["token"] == w["token"] and len(g["top_logprobs"]) == 3
+        assert abs(g["logprob"] - w["logprob"]) < 1e-9
+    c = client.completions.create(model="x", prompt="the cat", logprobs=2, **kw).choices[0]
+    assert len(c.logprobs.tokens) == len(c.logprobs.token_logprobs) == len(c.logprobs.text_offset)
+    assert "".join(c.logprobs.tokens) == c.text and c.logprobs.text_offset[0] == len("the cat")
 
 
 def test_harmless_and_neutral_fields_are_accepted(client):
