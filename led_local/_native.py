@@ -34,7 +34,7 @@ void led_init(bool verbose);
 struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack);
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
                                        uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
-                                       bool batch_invariant);
+                                       bool batch_invariant, int32_t flash_attn);
 typedef struct led_batch led_batch;
 led_batch * led_batch_new(int32_t n_max);
 void        led_batch_free(led_batch * batch);
@@ -71,6 +71,7 @@ const struct llama_vocab * llama_model_get_vocab(const struct llama_model * mode
 int32_t llama_vocab_n_tokens(const struct llama_vocab * vocab);
 llama_token llama_vocab_bos(const struct llama_vocab * vocab);
 llama_token llama_vocab_eos(const struct llama_vocab * vocab);
+llama_token llama_vocab_nl(const struct llama_vocab * vocab);
 bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);
 bool llama_vocab_is_control(const struct llama_vocab * vocab, llama_token token);
 bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);

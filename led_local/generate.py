@@ -26,6 +26,15 @@ def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
     return [s for s in stop if s]
 
 
+def echo_text(llama, prompt: str | bytes | Sequence[int], tokens: list[int]) -> str:
+    """The prompt as `echo` puts it before the completion: its own text, or its tokens' text."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, bytes):
+        return prompt.decode("utf-8", errors="replace")
+    return llama.detokenize(tokens).decode("utf-8", errors="replace")
+
+
 def completion_prompt_tokens(llama, prompt: str | bytes | Sequence[int]) -> list[int]:
     if isinstance(prompt, (str, bytes)):
         tokens = llama.tokenize(prompt, add_bos=True, special=True)
@@ -123,7 +132,7 @@ def _check_logprobs(logprobs: int | None, most: int = 20) -> int | None:
 
 def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int | None, stop, seed: int | None,
             sampler: str, trace: bool = False, logprobs: int | None = None, text_offset: int = 0,
-            **sampling) -> tuple[Job, "Shape"]:
+            echo: str = "", **sampling) -> tuple[Job, "Shape"]:
     """A checked request, not yet submitted: the scheduler's job and the shape of its OpenAI results. Every
     setting is checked against the model here, before anything runs. `sampling`: sampler_spec's options;
     `logprobs`: hand out each token's log-probability and that many alternatives (None: none)."""
@@ -135,16 +144,21 @@ def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int
     job = Job(prompt=tokens, n=n, max_tokens=max_tokens, spec=spec, seed=resolve_seed(seed, llama.seed),
               stop=_normalize_stop(stop), trace=bool(trace), logprobs=logprobs)
     llama._scheduler.check(job)
+    if echo and logprobs is not None:
+        raise ValueError("echo with logprobs is not supported (the prompt's own logprobs are not computed); "
+                         "ask for one or the other")
     return job, Shape(llama.model_path, chat=chat, n=n, trace=bool(trace), usage=job.usage,
-                      token_bytes=llama.token_to_bytes if logprobs is not None else None, text_offset=text_offset)
+                      token_bytes=llama.token_to_bytes if logprobs is not None else None, text_offset=text_offset,
+                      echo=echo)
 
 
 class Shape:
     """OpenAI's shapes for one request's deltas: `text_completion` / `chat.completion` and their chunks."""
 
     def __init__(self, model: str, *, chat: bool, n: int, trace: bool, usage: dict, token_bytes=None,
-                 text_offset: int = 0) -> None:
+                 text_offset: int = 0, echo: str = "") -> None:
         self.chat, self.n, self.trace, self.usage = chat, n, trace, usage
+        self.echo = echo                           # a completion's prompt text, put before each choice's text
         self.head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                      "model": model}
         self._started: set[int] = set()
@@ -164,7 +178,7 @@ class Shape:
             def item(token: int, logprob: float) -> dict:
                 return {"token": text(token), "logprob": logprob, "bytes": list(self._token_bytes(token))}
             return {"content": [item(e["token"], e["logprob"]) | {"top_logprobs": [item(t, lp) for t, lp in e["top"]]}
-                                for e in entries]}
+                                for e in entries], "refusal": None}
         offsets = []
         for e in entries:
             offsets.append(self._offsets[index])
@@ -181,8 +195,10 @@ class Shape:
             choice = {"index": d.index, "delta": delta, "logprobs": self._logprobs(d.index, d.logprobs),
                       "finish_reason": d.finish_reason}
         else:
-            choice = {"text": d.text, "index": d.index, "logprobs": self._logprobs(d.index, d.logprobs),
-                      "finish_reason": d.finish_reason}
+            first = d.index not in self._started
+            self._started.add(d.index)
+            choice = {"text": (self.echo if first else "") + d.text, "index": d.index,
+                      "logprobs": self._logprobs(d.index, d.logprobs), "finish_reason": d.finish_reason}
         if self.trace:
             choice["led_trace"] = d.trace or []
         return {**self.head, "object": "chat.completion.chunk" if self.chat else "text_completion",
@@ -206,7 +222,7 @@ class Shape:
             choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
                         "logprobs": self._logprobs(i, logprobs[i]), "finish_reason": reasons[i]} for i in range(self.n)]
         else:
-            choices = [{"text": texts[i], "index": i, "logprobs": self._logprobs(i, logprobs[i]),
+            choices = [{"text": self.echo + texts[i], "index": i, "logprobs": self._logprobs(i, logprobs[i]),
                         "finish_reason": reasons[i]} for i in range(self.n)]
         if self.trace:
             for i, c in enumerate(choices):
@@ -255,6 +271,7 @@ def create_completion(
     stream: bool = False,
     n: int = 1,
     logprobs: int | None = None,
+    echo: bool = False,
     sampler: str = "standard",
     led: LEDConfig | dict | None = None,
     dola_layers: str | list[int] | None = None,
@@ -271,9 +288,11 @@ def create_completion(
     indices); trace=True adds each choice's per-token `led_trace` (LED: explored, depth m*, p_top1; DoLa:
     the premature layer).
     """
-    job, shape = prepare(llama, completion_prompt_tokens(llama, prompt), chat=False, n=n, max_tokens=max_tokens,
-                         stop=stop, seed=seed, sampler=sampler, trace=trace, logprobs=logprobs,
-                         text_offset=len(prompt) if isinstance(prompt, str) else 0, **_sampling(locals()))
+    tokens = completion_prompt_tokens(llama, prompt)
+    job, shape = prepare(llama, tokens, chat=False, n=n, max_tokens=max_tokens, stop=stop, seed=seed,
+                         sampler=sampler, trace=trace, logprobs=logprobs,
+                         text_offset=len(prompt) if isinstance(prompt, str) else 0,
+                         echo=echo_text(llama, prompt, tokens) if echo else "", **_sampling(locals()))
     return deliver(llama, job, shape, stream)
 
 

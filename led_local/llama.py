@@ -81,6 +81,10 @@ class Llama:
     starts the same way is evaluated from where it differs (`prefix_cache=False` turns that off), and
     calls from several threads are decoded together.
 
+    `logits_all` is accepted for llama-cpp-python's sake and changes nothing: logprobs are computed from the
+    sampled rows without it. `flash_attn`: None keeps llama.cpp's auto choice (on where supported; note
+    llama-cpp-python's default is off), True/False force it.
+
     `batch_invariant=True` makes a token's logits independent of what shares its batch (README,
     Determinism): ggml's reference CPU kernels and no weight repacking, at some cost in prompt speed.
     """
@@ -98,6 +102,8 @@ class Llama:
         seed: int | None = None,
         prefix_cache: bool = True,
         batch_invariant: bool = False,
+        logits_all: bool = False,
+        flash_attn: bool | None = None,
         verbose: bool = False,
     ) -> None:
         self._model = ffi.NULL
@@ -106,10 +112,10 @@ class Llama:
         self._lock = threading.RLock()
 
         path = Path(model_path)
-        self.n_ctx = _check_int("n_ctx", n_ctx, 16)
+        self._n_ctx = _check_int("n_ctx", n_ctx, 16)
         self.n_batch = _check_int("n_batch", n_batch, 1)
         self.n_seq_max = _check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
-        self.n_ctx_seq = self.n_ctx // self.n_seq_max
+        self.n_ctx_seq = self._n_ctx // self.n_seq_max
         if self.n_ctx_seq < 8:
             raise ValueError(f"n_ctx={n_ctx} leaves {self.n_ctx_seq} cells for each of the n_seq_max={n_seq_max} "
                              "sequences; give each at least 8")
@@ -119,6 +125,9 @@ class Llama:
         )
         _check_int("n_gpu_layers", n_gpu_layers, -1)
         self.batch_invariant = bool(batch_invariant)
+        if flash_attn not in (None, True, False):
+            raise ValueError(f"flash_attn must be None (llama.cpp's auto), True or False, got {flash_attn!r}")
+        self.flash_attn = flash_attn
         if self.batch_invariant and n_gpu_layers != 0:
             raise ValueError("batch_invariant=True covers the CPU backend's kernels only; use n_gpu_layers=0 with it")
         if seed is not None:
@@ -137,12 +146,12 @@ class Llama:
             )
         self._vocab = self._lib.llama_model_get_vocab(self._model)
         self._ctx = self._lib.led_context_new(
-            self._model, self.n_ctx, self.n_batch, self.n_seq_max, self.n_threads, self.n_threads_batch,
-            self.batch_invariant,
+            self._model, self._n_ctx, self.n_batch, self.n_seq_max, self.n_threads, self.n_threads_batch,
+            self.batch_invariant, {None: -1, False: 0, True: 1}[self.flash_attn],
         )
         if self._ctx == ffi.NULL:
             self.close()
-            raise MemoryError(f"llama.cpp could not create a context with n_ctx={self.n_ctx}; try a smaller n_ctx")
+            raise MemoryError(f"llama.cpp could not create a context with n_ctx={self._n_ctx}; try a smaller n_ctx")
         self._batch = self._lib.led_batch_new(max(self.n_batch, self.n_seq_max))
         self._latent_setting: tuple = ((), False, False)
         self._tied: bool | None = None
@@ -151,6 +160,26 @@ class Llama:
         self._scheduler = Scheduler(self, prefix_cache=bool(prefix_cache))
 
     # --- lifetime -------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, filename: str, *, local_dir: str | os.PathLike | None = None,
+                        cache_dir: str | os.PathLike | None = None, **kwargs: Any) -> "Llama":
+        """llama-cpp-python's way to open a GGUF from the Hugging Face Hub (`huggingface_hub` must be installed
+        and the hub reachable). led-local's offline path is its model registry: `Llama(models.path(key))`."""
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            raise RuntimeError(
+                f"Llama.from_pretrained({repo_id!r}, {filename!r}) needs the huggingface_hub package and a reachable "
+                "hub; without them use a local .gguf path or a registry model: Llama(led_local.models.path(KEY)), "
+                "`led-local models list` shows the keys") from None
+        try:
+            path = hf_hub_download(repo_id, filename, local_dir=local_dir, cache_dir=cache_dir)
+        except Exception as e:  # noqa: BLE001  (network, missing repo or file: one clear message)
+            raise RuntimeError(
+                f"could not fetch {filename!r} from the Hugging Face repo {repo_id!r} ({type(e).__name__}: {e}); "
+                "without a reachable hub use a local .gguf path or a registry model (`led-local models list`)") from None
+        return cls(path, **kwargs)
 
     def close(self) -> None:
         """Free the native context and model (idempotent)."""
@@ -185,6 +214,10 @@ class Llama:
 
     # --- model facts ----------------------------------------------------------------------------------
 
+    def n_ctx(self) -> int:
+        """KV cells in all (llama-cpp-python's accessor); each sequence has n_ctx_seq of them."""
+        return self._n_ctx
+
     def n_vocab(self) -> int:
         self._check_open()
         return self._lib.llama_vocab_n_tokens(self._vocab)
@@ -208,6 +241,14 @@ class Llama:
     def token_eos(self) -> int:
         self._check_open()
         return self._lib.llama_vocab_eos(self._vocab)
+
+    def token_nl(self) -> int:
+        self._check_open()
+        return self._lib.llama_vocab_nl(self._vocab)
+
+    def set_seed(self, seed: int) -> None:
+        """The seed of later calls that give none (llama-cpp-python's set_seed)."""
+        self.seed = _check_int("seed", seed, 0, 2**32 - 1)
 
     def is_eog(self, token: int) -> bool:
         self._check_open()

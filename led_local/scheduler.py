@@ -230,7 +230,7 @@ class Scheduler:
         if len(job.prompt) + (1 if job.readout is None else 0) > self.capacity:
             raise ValueError(
                 f"the prompt has {len(job.prompt)} tokens, which leaves no room in a sequence's context window "
-                f"({self.capacity} = n_ctx {self.llama.n_ctx} / n_seq_max {len(self.slots)}); shorten it or "
+                f"({self.capacity} = n_ctx {self.llama.n_ctx()} / n_seq_max {len(self.slots)}); shorten it or "
                 "create Llama(..., n_ctx=larger)")
 
     def submit(self, job: Job) -> Job:

@@ -124,6 +124,7 @@ class _Common(BaseModel):
 class CompletionRequest(_Common):
     prompt: str
     logprobs: int | None = Field(default=None, ge=0, le=20)  # the legacy form: alternatives per token
+    echo: bool = False
 
     def logprob_alternatives(self) -> int | None:
         return self.logprobs
@@ -277,8 +278,8 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
                                             "owned_by": "led-local"}]}
 
     async def respond(body: _Common, tokens: Callable[[], list[int]], chat: bool, default_max_tokens: int | None,
-                      text_offset: int = 0):
-        kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset}
+                      text_offset: int = 0, echo: str = ""):
+        kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
         try:
             job, shape = prepare(llama, tokens(), chat=chat, **kwargs)
         except Exception as e:
@@ -315,7 +316,8 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        return await respond(body, lambda: completion_prompt_tokens(llama, body.prompt), False, 16, len(body.prompt))
+        return await respond(body, lambda: completion_prompt_tokens(llama, body.prompt), False, 16, len(body.prompt),
+                             body.prompt if body.echo else "")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):

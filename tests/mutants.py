@@ -179,6 +179,13 @@ MUTANTS = [
            "        step = _native.led_sampler_last(handle)\n",
            "        return final_logprobs(llama, row, token, top)\n        step = _native.led_sampler_last(handle)\n",
            ("tests/test_generation.py::test_led_logprobs_are_those_of_the_distribution_drawn_from",)),
+    # --- llama-cpp-python's keywords ---------------------------------------------------------------------------
+    Mutant("echo: the prompt not put before the text", "led_local/generate.py",
+           "echo=echo_text(llama, prompt, tokens) if echo else \"\",", "echo=\"\",",
+           ("tests/test_generation.py::test_llama_cpp_python_accessors_and_from_pretrained",)),
+    Mutant("flash_attn: the keyword never reaches the context", "led_local/llama.py",
+           "self.batch_invariant, {None: -1, False: 0, True: 1}[self.flash_attn],", "self.batch_invariant, -1,",
+           ("tests/test_generation.py::test_flash_attn_switch_reaches_the_context",)),
     # --- batch-invariant kernels ---------------------------------------------------------------------------------
     Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
            "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",

@@ -210,3 +210,36 @@ def test_bad_logprobs_are_refused(smollm2_path, kwargs):
             llm.create_completion("hi", max_tokens=1, **kwargs)
         with pytest.raises(ValueError, match="logprobs"):
             llm.create_chat_completion([{"role": "user", "content": "hi"}], max_tokens=1, top_logprobs=2)
+
+
+def test_flash_attn_switch_reaches_the_context(smollm2_path):
+    """llama-cpp-python's flash_attn keyword: off and on run other kernels (the logits move in the last
+    digits); None is llama.cpp's auto, which on the CPU is on."""
+    from led_local import Llama
+
+    logits = {}
+    for fa in (None, True, False):
+        with Llama(smollm2_path, n_threads=1, n_seq_max=1, n_ctx=512, flash_attn=fa) as llm:
+            logits[fa] = llm.latents(llm.tokenize("The capital of France is"), layers=[0]).final_logits
+    assert np.array_equal(logits[None], logits[True])
+    assert not np.array_equal(logits[True], logits[False])
+    with pytest.raises(ValueError, match="flash_attn"):
+        Llama(smollm2_path, flash_attn="yes")
+
+
+def test_llama_cpp_python_accessors_and_from_pretrained(smollm2_path):
+    from led_local import Llama
+
+    with Llama(smollm2_path, n_threads=1, n_seq_max=2, n_ctx=1024) as llm:
+        assert llm.n_ctx() == 1024 and llm.n_ctx_seq == 512
+        assert llm.token_to_bytes(llm.token_nl()) == b"\n"
+        llm.set_seed(42)
+        a = llm.create_completion("Once", max_tokens=8, temperature=1.0)["choices"][0]["text"]
+        b = llm.create_completion("Once", max_tokens=8, temperature=1.0, seed=42)["choices"][0]["text"]
+        assert a == b
+        echoed = llm.create_completion("Once", max_tokens=4, temperature=0, echo=True)["choices"][0]["text"]
+        assert echoed == "Once" + llm.create_completion("Once", max_tokens=4, temperature=0)["choices"][0]["text"]
+        with pytest.raises(ValueError, match="echo with logprobs"):
+            llm.create_completion("Once", max_tokens=2, echo=True, logprobs=1)
+    with pytest.raises(RuntimeError, match="registry model"):
+        Llama.from_pretrained("no-such/repo-GGUF", "*.gguf")

@@ -101,7 +101,7 @@ class Session:
         """When the prompt and a full answer no longer fit, drop the oldest turns down to half the room, so
         that the next turns add to the cached conversation instead of each cutting its start again (which
         would make the model evaluate the whole conversation on every turn). Returns how many were dropped."""
-        room = self.llm.n_ctx - self.settings["max_tokens"]  # for the prompt
+        room = self.llm.n_ctx() - self.settings["max_tokens"]  # for the prompt
 
         def prompt_len() -> int:
             return len(chat_prompt_tokens_unchecked(self.llm, self.messages()))
@@ -118,7 +118,7 @@ def chat_prompt_tokens_unchecked(llm, messages: list[dict]) -> list[int]:
         return chat_prompt_tokens(llm, messages)
     except ValueError as e:
         if "context window" in str(e):
-            return [0] * llm.n_ctx  # too long: the caller drops turns until it fits
+            return [0] * llm.n_ctx()  # too long: the caller drops turns until it fits
         raise
 
 
