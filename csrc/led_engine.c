@@ -32,7 +32,7 @@ struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, boo
 
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
                                        uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
-                                       bool batch_invariant, int32_t flash_attn) {
+                                       bool batch_invariant, int32_t flash_attn, int32_t pooling) {
     struct llama_context_params params = llama_context_default_params();
     params.n_ctx           = n_ctx;
     params.n_batch         = n_batch;
@@ -46,6 +46,12 @@ struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ct
     params.kv_unified      = false;
     params.no_perf         = true;
     params.flash_attn_type = (enum llama_flash_attn_type) flash_attn;
+    if (pooling >= 0) {
+        // an embedding context: every token is an output, pooled per sequence
+        params.embeddings    = true;
+        params.pooling_type  = (enum llama_pooling_type) pooling;
+        params.n_outputs_max = n_batch;
+    }
     struct llama_context * ctx = llama_init_from_model(model, params);
     if (ctx != NULL && batch_invariant && llama_set_batch_invariant(ctx, true) != 0) {
         llama_free(ctx);

@@ -28,10 +28,11 @@ struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, boo
 // cells are its own and stay in position order; parallel samples get a copy of the prompt's stream
 // (llama_memory_seq_cp across streams). n_outputs_max = n_seq_max keeps the latent readout's compute buffer bounded (one sampled row per sequence).
 // batch_invariant: the CPU backend's reference kernels (llama_set_batch_invariant); NULL if unavailable.
-// flash_attn: -1 auto (llama.cpp's default), 0 off, 1 on.
+// flash_attn: -1 auto (llama.cpp's default), 0 off, 1 on. pooling >= 0 (llama_pooling_type): an embedding
+// context (every token output, pooled per sequence); -1: a generation context.
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
                                        uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
-                                       bool batch_invariant, int32_t flash_attn);
+                                       bool batch_invariant, int32_t flash_attn, int32_t pooling);
 
 // A reusable batch of up to n_max tokens, one sequence id each.
 typedef struct led_batch led_batch;

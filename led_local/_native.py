@@ -34,7 +34,8 @@ void led_init(bool verbose);
 struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack);
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
                                        uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
-                                       bool batch_invariant, int32_t flash_attn);
+                                       bool batch_invariant, int32_t flash_attn, int32_t pooling);
+float * llama_get_embeddings_seq(struct llama_context * ctx, int32_t seq_id);
 typedef struct led_batch led_batch;
 led_batch * led_batch_new(int32_t n_max);
 void        led_batch_free(led_batch * batch);

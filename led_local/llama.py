@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _native
 from ._native import ffi
+from .embedding import create_embedding, embed, model_pooling
 from .scheduler import Job, Scheduler
 
 GGUF_MAGIC = b"GGUF"
@@ -81,7 +82,8 @@ class Llama:
     starts the same way is evaluated from where it differs (`prefix_cache=False` turns that off), and
     calls from several threads are decoded together.
 
-    `logits_all` is accepted for llama-cpp-python's sake and changes nothing: logprobs are computed from the
+    `embedding=True` opens an embedding context (`embed`, `create_embedding`; embedding.py), which does not
+    generate. `logits_all` is accepted for llama-cpp-python's sake and changes nothing: logprobs are computed from the
     sampled rows without it. `flash_attn`: None keeps llama.cpp's auto choice (on where supported; note
     llama-cpp-python's default is off), True/False force it.
 
@@ -104,6 +106,7 @@ class Llama:
         batch_invariant: bool = False,
         logits_all: bool = False,
         flash_attn: bool | None = None,
+        embedding: bool = False,
         verbose: bool = False,
     ) -> None:
         self._model = ffi.NULL
@@ -128,6 +131,7 @@ class Llama:
         if flash_attn not in (None, True, False):
             raise ValueError(f"flash_attn must be None (llama.cpp's auto), True or False, got {flash_attn!r}")
         self.flash_attn = flash_attn
+        self.embedding = bool(embedding)
         if self.batch_invariant and n_gpu_layers != 0:
             raise ValueError("batch_invariant=True covers the CPU backend's kernels only; use n_gpu_layers=0 with it")
         if seed is not None:
@@ -145,9 +149,11 @@ class Llama:
                 "not supported by the pinned llama.cpp (pass verbose=True to see llama.cpp's log)"
             )
         self._vocab = self._lib.llama_model_get_vocab(self._model)
+        self.metadata = self._read_metadata()
         self._ctx = self._lib.led_context_new(
             self._model, self._n_ctx, self.n_batch, self.n_seq_max, self.n_threads, self.n_threads_batch,
             self.batch_invariant, {None: -1, False: 0, True: 1}[self.flash_attn],
+            model_pooling(self.metadata) if self.embedding else -1,
         )
         if self._ctx == ffi.NULL:
             self.close()
@@ -155,7 +161,6 @@ class Llama:
         self._batch = self._lib.led_batch_new(max(self.n_batch, self.n_seq_max))
         self._latent_setting: tuple = ((), False, False)
         self._tied: bool | None = None
-        self.metadata = self._read_metadata()
         # the one token loop: every generation and readout of this Llama goes through it
         self._scheduler = Scheduler(self, prefix_cache=bool(prefix_cache))
 
@@ -433,6 +438,16 @@ class Llama:
                              final_logits=final, norm=norm)
 
     # --- generation -----------------------------------------------------------------------------------
+
+    def embed(self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
+              return_count: bool = False):
+        """Pooled embeddings of `input` (embedding.py); needs Llama(..., embedding=True)."""
+        return embed(self, input, normalize=normalize, truncate=truncate, return_count=return_count)
+
+    def create_embedding(self, input: str | Sequence[str], model: str | None = None, *,
+                         normalize: bool = False) -> dict:
+        """OpenAI's embeddings response for `input` (embedding.py); needs Llama(..., embedding=True)."""
+        return create_embedding(self, input, model=model, normalize=normalize)
 
     def create_completion(self, prompt: str | bytes | Sequence[int], **kwargs: Any) -> dict | Iterator[dict]:
         """OpenAI-shaped text completion; see `led_local.generate.create_completion` for the parameters."""

@@ -224,6 +224,9 @@ class Scheduler:
 
     def check(self, job: Job) -> None:
         """The errors a job would meet at admission, raised now (at the call, before anything runs)."""
+        if self.llama.embedding:
+            raise ValueError("this Llama was opened with embedding=True, which computes embeddings only; open "
+                             "another Llama without it to generate or read latent states")
         if job.n > len(self.slots):
             raise ValueError(f"n={job.n} exceeds this Llama's n_seq_max={len(self.slots)}; "
                              f"create Llama(..., n_seq_max={job.n})")

@@ -15,12 +15,14 @@ that shapes `Llama.create_*`'s.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -165,6 +167,18 @@ class ChatRequest(_Common):
             return chat_logprobs(self.logprobs, self.top_logprobs)
         except ValueError as e:
             raise ApiError(str(e), "top_logprobs") from None
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"  # (the official client asks for base64)
+
+    def check_fields(self) -> None:
+        for name in self.model_extra or {}:
+            if name != "user":
+                raise ApiError(f"'{name}' is not supported on /v1/embeddings", name)
 
 
 # --- errors in OpenAI's shape ----------------------------------------------------------------------------
@@ -313,6 +327,22 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
                 await gen.aclose()  # a client that went away cancels its job at the next step
 
         return EventSourceResponse(events(), ping=15)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest):
+        """Pooled, unit-length vectors as llama-server gives them; needs `serve --embedding`."""
+        body.check_fields()
+        if not llama.embedding:
+            raise ApiError("this server computes no embeddings; start it with `led-local serve --embedding`",
+                           "input", status=501, kind="not_implemented_error")
+        try:
+            out = await asyncio.to_thread(lambda: llama.create_embedding(body.input, model_id, normalize=True))
+        except (ValueError, TypeError) as e:
+            raise ApiError(str(e), "input") from None
+        if body.encoding_format == "base64":
+            for item in out["data"]:
+                item["embedding"] = base64.b64encode(np.asarray(item["embedding"], "<f4").tobytes()).decode()
+        return out
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):

@@ -186,6 +186,14 @@ MUTANTS = [
     Mutant("flash_attn: the keyword never reaches the context", "led_local/llama.py",
            "self.batch_invariant, {None: -1, False: 0, True: 1}[self.flash_attn],", "self.batch_invariant, -1,",
            ("tests/test_generation.py::test_flash_attn_switch_reaches_the_context",)),
+    # --- embeddings -------------------------------------------------------------------------------------------
+    Mutant("embeddings: a generative model pooled by its last token, not the mean", "led_local/embedding.py",
+           'return kind if kind in (1, 2, 3, 4) else POOLING["mean"]', 'return kind if kind in (1, 2, 3, 4) else POOLING["last"]',
+           ("tests/test_embeddings.py::test_mean_pooled_embeddings_equal_llama_cpp_python_s",)),
+    Mutant("server: embeddings not normalized", "led_local/server.py",
+           "llama.create_embedding(body.input, model_id, normalize=True)",
+           "llama.create_embedding(body.input, model_id, normalize=False)",
+           ("tests/test_server.py::test_embeddings_endpoint",)),
     # --- batch-invariant kernels ---------------------------------------------------------------------------------
     Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
            "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",

@@ -12,6 +12,7 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
@@ -429,3 +430,30 @@ def test_batch_invariant_flag_reaches_the_model(tiny_paths):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_embeddings_endpoint(tiny_paths, client):
+    """`serve --embedding`: /v1/embeddings through the official client (base64 on the wire) equals a direct
+    embedding Llama's unit vectors; a generation server answers 501 in OpenAI's shape."""
+    with pytest.raises(openai.APIStatusError) as e:
+        client.embeddings.create(model="x", input="hello")
+    assert e.value.status_code == 501 and "--embedding" in e.value.response.json()["error"]["message"]
+    proc, base = _start_server(tiny_paths["qwen2-no-eos"], "--embedding")
+    try:
+        emb = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
+        got = emb.embeddings.create(model="x", input=["the cat", "a dog"])
+        floats = emb.embeddings.create(model="x", input="the cat", encoding_format="float")
+        with pytest.raises(openai.BadRequestError):
+            emb.embeddings.create(model="x", input="the cat", dimensions=8)
+        with pytest.raises(openai.BadRequestError):
+            emb.chat.completions.create(model="x", messages=CHAT, max_tokens=2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    from led_local import Llama
+
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, embedding=True) as llm:
+        want = llm.embed(["the cat", "a dog"], normalize=True)
+    np.testing.assert_allclose([d.embedding for d in got.data], want, atol=1e-6)
+    np.testing.assert_allclose(floats.data[0].embedding, want[0], atol=1e-6)
+    assert got.usage.prompt_tokens > floats.usage.prompt_tokens > 0

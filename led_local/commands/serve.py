@@ -26,11 +26,12 @@ from .common import model_options, one_line_errors
 @click.option("--max-queue", type=click.IntRange(0), default=64, show_default=True,
               help="requests that may wait for a slot; more get 503")
 @click.option("--no-prefix-cache", is_flag=True, help="evaluate every prompt from the start")
+@click.option("--embedding", is_flag=True, help="serve /v1/embeddings with this model (and no generation)")
 @click.option("--batch-invariant", is_flag=True,
               help="a seeded request gives the same tokens whatever it was batched with (CPU; slower prompts)")
 @one_line_errors
 def serve(model, threads, host, port, api_key, n_ctx, parallel, max_n, max_tokens_limit, max_queue, no_prefix_cache,
-          batch_invariant):
+          embedding, batch_invariant):
     """Serve /v1/models, /v1/completions and /v1/chat/completions (with LED and DoLa fields)."""
     import uvicorn
 
@@ -40,12 +41,13 @@ def serve(model, threads, host, port, api_key, n_ctx, parallel, max_n, max_token
     if max_n > parallel:
         raise ValueError(f"--max-n {max_n} exceeds --parallel {parallel}: a request's samples each need a slot")
     with Llama(models.path(model), n_threads=threads, n_seq_max=parallel, n_ctx=n_ctx,
-               prefix_cache=not no_prefix_cache, batch_invariant=batch_invariant) as llm:
+               prefix_cache=not no_prefix_cache, batch_invariant=batch_invariant, embedding=embedding) as llm:
         model_id = model if "/" not in model and not model.endswith(".gguf") else Path(llm.model_path).stem
         app = create_app(llm, model_id, api_key=api_key,
                          limits=Limits(max_n=max_n, max_tokens=max_tokens_limit, max_queue=max_queue))
         click.echo(f"led-local serve: {model_id} on http://{host}:{port}/v1, {parallel} slots of "
                    f"{llm.n_ctx_seq} tokens" + (", batch-invariant kernels" if llm.batch_invariant else "")
+                   + (", embeddings only" if llm.embedding else "")
                    + (" (API key required)" if api_key else ""))
         # SIGTERM / Ctrl-C: uvicorn stops accepting and open streams end (sse-starlette); uvicorn then raises
         # the signal again, which these handlers turn into a normal return (exit status 0)
