@@ -58,6 +58,21 @@ def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
+@dataclass(frozen=True)
+class LlamaState:
+    """What Llama.save_state returns: the KV state and each slot's cached tokens (picklable)."""
+
+    kv: bytes
+    slots: list
+    model_path: str
+    n_ctx: int
+    n_seq_max: int
+    seed: int | None
+
+    def __repr__(self) -> str:
+        return f"LlamaState({len(self.kv)} bytes, cached tokens per slot {[len(s) for s in self.slots]})"
+
+
 def check_gguf_file(path: Path) -> None:
     """Clear errors for the mistakes llama.cpp would only log: a missing file, or one that is not GGUF."""
     if not path.exists():
@@ -438,6 +453,36 @@ class Llama:
                              final_logits=final, norm=norm)
 
     # --- generation -----------------------------------------------------------------------------------
+
+    # --- state ------------------------------------------------------------------------------------------
+
+    def save_state(self) -> "LlamaState":
+        """A snapshot of the context (llama.cpp's KV state) and of what each slot holds (the prefix cache), for
+        load_state: a seeded call made after loading gives the same tokens as right after saving."""
+        with self._lock:
+            self._check_open()
+            self._scheduler.require_idle("save_state")
+            size = self._lib.llama_state_get_size(self._ctx)
+            buf = ffi.new("uint8_t[]", size)
+            written = self._lib.llama_state_get_data(self._ctx, buf, size)
+            return LlamaState(kv=bytes(ffi.buffer(buf, written)), slots=[list(s.tokens) for s in self._scheduler.slots],
+                              model_path=self.model_path, n_ctx=self._n_ctx, n_seq_max=self.n_seq_max, seed=self.seed)
+
+    def load_state(self, state: "LlamaState") -> None:
+        if not isinstance(state, LlamaState):
+            raise TypeError("load_state takes what save_state returned")
+        if (state.model_path, state.n_ctx, state.n_seq_max) != (self.model_path, self._n_ctx, self.n_seq_max):
+            raise ValueError("this state was saved from another model or context size (model_path, n_ctx and "
+                             "n_seq_max must match)")
+        with self._lock:
+            self._check_open()
+            self._scheduler.require_idle("load_state")
+            buf = ffi.from_buffer("uint8_t[]", state.kv)
+            if self._lib.llama_state_set_data(self._ctx, buf, len(state.kv)) != len(state.kv):
+                raise RuntimeError("llama.cpp could not restore the saved state")
+            for slot, tokens in zip(self._scheduler.slots, state.slots):
+                slot.tokens = list(tokens)
+            self.seed = state.seed
 
     def embed(self, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
               return_count: bool = False):

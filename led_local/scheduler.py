@@ -236,6 +236,11 @@ class Scheduler:
                 f"({self.capacity} = n_ctx {self.llama.n_ctx()} / n_seq_max {len(self.slots)}); shorten it or "
                 "create Llama(..., n_ctx=larger)")
 
+    def require_idle(self, what: str) -> None:
+        with self.lock:
+            if self.inbox or self.waiting or self.running:
+                raise RuntimeError(f"{what} needs every request of this Llama finished first")
+
     def submit(self, job: Job) -> Job:
         self.check(job)
         self.llama._check_open()

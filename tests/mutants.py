@@ -194,6 +194,9 @@ MUTANTS = [
            "llama.create_embedding(body.input, model_id, normalize=True)",
            "llama.create_embedding(body.input, model_id, normalize=False)",
            ("tests/test_server.py::test_embeddings_endpoint",)),
+    Mutant("load_state: the KV restored but not the slots' cached tokens", "led_local/llama.py",
+           "                slot.tokens = list(tokens)\n", "                pass\n",
+           ("tests/test_scheduler.py::test_save_and_load_state_continue_identically",)),
     # --- batch-invariant kernels ---------------------------------------------------------------------------------
     Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
            "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",

@@ -214,3 +214,30 @@ def test_batch_invariant_seeded_requests_equal_after_a_cached_prefix_and_beside_
 def test_batch_invariant_refuses_gpu_layers(gemma3_path):
     with pytest.raises(ValueError, match="CPU backend"):
         Llama(gemma3_path, n_gpu_layers=1, batch_invariant=True)
+
+
+def test_save_and_load_state_continue_identically(smollm2_path):
+    """load_state restores the KV cells and the prefix cache: the same seeded call after loading evaluates
+    the same suffix from the same cached prefix and gives the same tokens as right after saving."""
+    import pickle
+
+    with Llama(smollm2_path, n_threads=1, n_seq_max=2, n_ctx=2048) as llm:
+        llm.create_completion(A, max_tokens=1, temperature=0)
+        state = pickle.loads(pickle.dumps(llm.save_state()))
+        kw = dict(max_tokens=16, **{k: v for k, v in KW.items() if k != "max_tokens"})
+        want = llm.create_completion(A + " and his press", **kw)
+        llm.reset()
+        llm.create_completion("Something else entirely", max_tokens=8, temperature=0)
+        llm.load_state(state)
+        got = llm.create_completion(A + " and his press", **kw)
+        assert got["choices"][0]["text"] == want["choices"][0]["text"]
+        cached = got["usage"]["prompt_tokens_details"]["cached_tokens"]
+        assert cached == want["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+        stream = llm.create_completion(A, max_tokens=8, stream=True)
+        next(stream)
+        with pytest.raises(RuntimeError, match="finished first"):
+            llm.save_state()
+        stream.close()
+    with Llama(smollm2_path, n_threads=1, n_seq_max=2, n_ctx=1024) as other:
+        with pytest.raises(ValueError, match="another model or context size"):
+            other.load_state(state)
