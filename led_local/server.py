@@ -139,13 +139,18 @@ class ContentPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # other fields: refused by name in as_text unless empty
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = ""
 
     def as_text(self) -> dict:
         """The message with its content as one string: desktop clients send a list of parts, of which a
-        text-only model reads the text ones; any other kind is refused by name."""
+        text-only model reads the text ones; any other kind is refused by name. Fields the template would
+        need and this server does not render yet (tool calls) are refused rather than dropped."""
+        for name, value in (self.model_extra or {}).items():
+            if name == "name" or value in (None, [], ""):
+                continue
+            raise ApiError(f"message field '{name}' is not supported by this server yet", f"messages.{name}")
         content = self.content
         if isinstance(content, list):
             other = sorted({p.type for p in content if p.type != "text"})
