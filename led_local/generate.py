@@ -26,6 +26,22 @@ def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
     return [s for s in stop if s]
 
 
+def fim_prompt_tokens(llama, prompt: str | bytes | Sequence[int], suffix: str) -> list[int]:
+    """Fill in the middle: the model's prefix token, the prompt, its suffix token, `suffix`, its middle token
+    (the order llama-cpp-python and Qwen2.5-Coder use); the completion is the middle."""
+    if not isinstance(suffix, str):
+        raise TypeError("suffix must be a string")
+    fim = llama.fim_tokens()
+    if fim is None:
+        raise ValueError("suffix (fill in the middle) needs a model with FIM tokens, such as qwen2.5-coder; "
+                         "this one has none")
+    pre, suf, mid = fim
+    head = completion_prompt_tokens(llama, prompt)
+    bos = head[:1] if head and head[0] == llama.token_bos() and llama._lib.llama_vocab_get_add_bos(llama._vocab) else []
+    body = head[len(bos):]
+    return bos + [pre] + body + [suf] + llama.tokenize(suffix, add_bos=False) + [mid]
+
+
 def echo_text(llama, prompt: str | bytes | Sequence[int], tokens: list[int]) -> str:
     """The prompt as `echo` puts it before the completion: its own text, or its tokens' text."""
     if isinstance(prompt, str):
@@ -272,6 +288,7 @@ def create_completion(
     n: int = 1,
     logprobs: int | None = None,
     echo: bool = False,
+    suffix: str | None = None,
     sampler: str = "standard",
     led: LEDConfig | dict | None = None,
     dola_layers: str | list[int] | None = None,
@@ -288,7 +305,7 @@ def create_completion(
     indices); trace=True adds each choice's per-token `led_trace` (LED: explored, depth m*, p_top1; DoLa:
     the premature layer).
     """
-    tokens = completion_prompt_tokens(llama, prompt)
+    tokens = completion_prompt_tokens(llama, prompt) if suffix is None else fim_prompt_tokens(llama, prompt, suffix)
     job, shape = prepare(llama, tokens, chat=False, n=n, max_tokens=max_tokens, stop=stop, seed=seed,
                          sampler=sampler, trace=trace, logprobs=logprobs,
                          text_offset=len(prompt) if isinstance(prompt, str) else 0,

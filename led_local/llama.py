@@ -266,6 +266,13 @@ class Llama:
         self._check_open()
         return self._lib.llama_vocab_nl(self._vocab)
 
+    def fim_tokens(self) -> tuple[int, int, int] | None:
+        """The fill-in-the-middle tokens (prefix, suffix, middle), or None when the model has none."""
+        self._check_open()
+        ids = (self._lib.llama_vocab_fim_pre(self._vocab), self._lib.llama_vocab_fim_suf(self._vocab),
+               self._lib.llama_vocab_fim_mid(self._vocab))
+        return ids if all(i >= 0 for i in ids) else None
+
     def set_seed(self, seed: int) -> None:
         """The seed of later calls that give none (llama-cpp-python's set_seed)."""
         self.seed = _check_int("seed", seed, 0, 2**32 - 1)

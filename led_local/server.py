@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
 from .chat import ChatTemplateError
-from .generate import chat_grammar, chat_logprobs, chat_prompt_tokens, completion_prompt_tokens, prepare
+from .generate import (chat_grammar, chat_logprobs, chat_prompt_tokens, completion_prompt_tokens,
+                       fim_prompt_tokens, prepare)
 from .llama import Llama
 from .scheduler import Job
 
@@ -127,6 +128,7 @@ class CompletionRequest(_Common):
     prompt: str
     logprobs: int | None = Field(default=None, ge=0, le=20)  # the legacy form: alternatives per token
     echo: bool = False
+    suffix: str | None = None  # fill in the middle (FIM models)
 
     def logprob_alternatives(self) -> int | None:
         return self.logprobs
@@ -351,7 +353,9 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
-        return await respond(body, lambda: completion_prompt_tokens(llama, body.prompt), False, 16, len(body.prompt),
+        tokens = (lambda: completion_prompt_tokens(llama, body.prompt)) if not body.suffix else \
+            (lambda: fim_prompt_tokens(llama, body.prompt, body.suffix))
+        return await respond(body, tokens, False, 16, len(body.prompt),
                              body.prompt if body.echo else "")
 
     @app.post("/v1/chat/completions")

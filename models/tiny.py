@@ -51,6 +51,7 @@ class TinySpec:
     think_bias: float = 0.0      # qwen2 only: an output.bias that makes `</think>` likely (tests of think_only)
     eog_bias: float = 0.0        # qwen2 only: output.bias on the end-of-generation tokens (< 0: long outputs)
     logit_softcap: float = 0.0   # gemma2 only: final logits become cap * tanh(logits / cap)
+    fim: bool = False            # vocabulary has Qwen2.5-Coder's fill-in-the-middle tokens
 
 
 def _byte_tokens() -> list[str]:
@@ -65,12 +66,15 @@ def _byte_tokens() -> list[str]:
     return [mapping[b] for b in range(256)]
 
 
-def vocabulary(think: bool) -> tuple[list[str], list[int]]:
+def vocabulary(think: bool, fim: bool = False) -> tuple[list[str], list[int]]:
     tokens = _byte_tokens() + ["".join(m.split()) for m in MERGES]
     types = [gguf.TokenType.NORMAL] * len(tokens)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<think>", "</think>"] if think else [])
     tokens += specials
     types += [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.USER_DEFINED] * (len(specials) - 3)
+    if fim:  # llama.cpp finds them by their text, as in Qwen2.5-Coder's vocabulary
+        tokens += ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
+        types += [gguf.TokenType.CONTROL] * 3
     return tokens, [int(t) for t in types]
 
 
@@ -83,7 +87,7 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     if spec.logit_softcap and spec.arch != "gemma2":
         raise ValueError("logit_softcap needs arch='gemma2' (its builder soft-caps the final logits)")
     rng = np.random.default_rng(spec.seed)
-    tokens, types = vocabulary(spec.think)
+    tokens, types = vocabulary(spec.think, spec.fim)
     n_vocab = len(tokens)
     head_dim = spec.n_embd // spec.n_head
 

@@ -31,6 +31,8 @@ TINY_SPECS = {
     "gemma2-softcap": TinySpec(arch="gemma2", seed=6, logit_softcap=5.0),
     # 12 blocks: DoLa's "high" and "low" each give three candidate layers to choose among
     "llama-deep": TinySpec(arch="llama", tied=False, n_layer=12, seed=7),
+    # fill-in-the-middle tokens (completion's `suffix`)
+    "qwen2-fim": TinySpec(arch="qwen2", tied=False, seed=8, fim=True),
 }
 
 

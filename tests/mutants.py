@@ -197,6 +197,9 @@ MUTANTS = [
     Mutant("load_state: the KV restored but not the slots' cached tokens", "led_local/llama.py",
            "                slot.tokens = list(tokens)\n", "                pass\n",
            ("tests/test_scheduler.py::test_save_and_load_state_continue_identically",)),
+    Mutant("suffix: the middle token left out of the FIM prompt", "led_local/generate.py",
+           "llama.tokenize(suffix, add_bos=False) + [mid]", "llama.tokenize(suffix, add_bos=False)",
+           ("tests/test_generation.py::test_suffix_fills_in_the_middle",)),
     # --- batch-invariant kernels ---------------------------------------------------------------------------------
     Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
            "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",

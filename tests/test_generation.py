@@ -243,3 +243,22 @@ def test_llama_cpp_python_accessors_and_from_pretrained(smollm2_path):
             llm.create_completion("Once", max_tokens=2, echo=True, logprobs=1)
     with pytest.raises(RuntimeError, match="registry model"):
         Llama.from_pretrained("no-such/repo-GGUF", "*.gguf")
+
+
+def test_suffix_fills_in_the_middle(tiny_paths):
+    """`suffix`: the model's FIM prompt (prefix token, prompt, suffix token, suffix, middle token), as a
+    hand-built token prompt gives; a model without FIM tokens says so."""
+    from led_local import Llama
+
+    with Llama(tiny_paths["qwen2-fim"], n_threads=1, n_seq_max=1, n_ctx=512) as llm:
+        pre, suf, mid = llm.fim_tokens()
+        by_hand = [pre] + llm.tokenize("def add(a, b):", add_bos=False) + [suf] + \
+            llm.tokenize("    return c", add_bos=False) + [mid]
+        want = llm.create_completion(by_hand, max_tokens=12, temperature=0)
+        got = llm.create_completion("def add(a, b):", suffix="    return c", max_tokens=12, temperature=0)
+        assert got["choices"][0]["text"] == want["choices"][0]["text"]
+        assert got["usage"]["prompt_tokens"] == len(by_hand)
+    with Llama(tiny_paths["llama-tied"], n_threads=1, n_seq_max=1, n_ctx=512) as llm:
+        assert llm.fim_tokens() is None
+        with pytest.raises(ValueError, match="FIM tokens"):
+            llm.create_completion("x", suffix="y", max_tokens=2)
