@@ -78,9 +78,9 @@ def worker(kind: str, model_path: str, tokens: int) -> dict:
 def run_worker(kind: str, model_path: str, tokens: int, upstream) -> float:
     env = dict(os.environ)
     if kind == "upstream":
-        py_dir, lib_dir = upstream
-        env.update(PYTHONPATH=str(py_dir), LLAMA_CPP_LIB_PATH=str(lib_dir), LD_LIBRARY_PATH=str(lib_dir),
-                   DYLD_LIBRARY_PATH=str(lib_dir))
+        from upstream_build import upstream_env
+
+        env.update(upstream_env(upstream))
     out = subprocess.run([sys.executable, __file__, "--worker", kind, model_path, str(tokens)],
                          capture_output=True, text=True, env=env, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -56,8 +56,9 @@ print(json.dumps(out))
 def run_side(side: str, path: str, n: int, upstream) -> dict:
     env = dict(os.environ)
     if side == "upstream":
-        py_dir, lib_dir = upstream
-        env |= {"PYTHONPATH": str(py_dir), "LLAMA_CPP_LIB_PATH": str(lib_dir), "LD_LIBRARY_PATH": str(lib_dir)}
+        from upstream_build import upstream_env
+
+        env |= upstream_env(upstream)
     r = subprocess.run([sys.executable, "-c", WORKER, side, path, str(n), json.dumps(SCHEMA)], env=env,
                        capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:

@@ -59,13 +59,8 @@ def embed(llama, input: str | Sequence[str], normalize: bool = False, truncate: 
                 tokens = tokens[:limit]
             if not tokens:
                 raise ValueError("an input is empty")
-            lib.llama_memory_clear(llama._memory(), True)
-            lib.led_batch_clear(llama._batch)
-            for pos, token in enumerate(tokens):
-                lib.led_batch_add(llama._batch, token, pos, 0, True)
-            rc = lib.led_decode(llama._ctx, llama._batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed computing an embedding (error {rc})")
+            llama.reset()
+            llama._decode([(token, pos, 0, True) for pos, token in enumerate(tokens)])  # one batch: limit
             ptr = lib.llama_get_embeddings_seq(llama._ctx, 0)
             if ptr == ffi.NULL:
                 raise RuntimeError("llama.cpp returned no pooled embedding for this input")

@@ -378,11 +378,12 @@ class Llama:
         lib = self._lib
         outputs: list[int] = []
         for start in range(0, len(entries), self.n_batch):
-            # the context reserves n_seq_max output rows (which bounds the latent rows' buffers); llama.cpp
-            # aborts the process on a decode that asks for more
+            # a generation context reserves n_seq_max output rows (which bounds the latent rows' buffers), an
+            # embedding context n_batch (every token is an output); llama.cpp aborts on a decode asking more
             wanted = sum(1 for e in entries[start : start + self.n_batch] if e[3])
-            if wanted > self.n_seq_max:
-                raise ValueError(f"a decode may ask for at most n_seq_max={self.n_seq_max} outputs, got {wanted}")
+            most, name = (self.n_batch, "n_batch") if self.embedding else (self.n_seq_max, "n_seq_max")
+            if wanted > most:
+                raise ValueError(f"a decode may ask for at most {name}={most} outputs, got {wanted}")
             lib.led_batch_clear(self._batch)
             outputs = []
             for token, pos, seq, out in entries[start : start + self.n_batch]:

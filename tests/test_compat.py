@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from upstream_build import upstream_env
+
 # the examples, as a user would write them; IMPORT is the one line that differs
 SCRIPT = r'''
 import json, sys
@@ -88,10 +90,7 @@ def ours(smollm2_path):
 
 @pytest.fixture(scope="module")
 def upstream_out(upstream, smollm2_path):
-    py_dir, lib_dir = upstream
-    env = {"PYTHONPATH": str(py_dir), "LLAMA_CPP_LIB_PATH": str(lib_dir), "LD_LIBRARY_PATH": str(lib_dir),
-           "DYLD_LIBRARY_PATH": str(lib_dir)}
-    return run(SCRIPT.replace("IMPORT", UPSTREAM), str(smollm2_path), env)
+    return run(SCRIPT.replace("IMPORT", UPSTREAM), str(smollm2_path), upstream_env(upstream))
 
 
 def test_the_examples_return_what_they_document(ours):

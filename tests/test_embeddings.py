@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from led_local import Llama
+from upstream_build import upstream_env
 
 TEXTS = ["Hello, world!", "The cat sat on the mat.", "Quantized models run on laptops."]
 
@@ -32,9 +33,7 @@ def emb(smollm2_path):
 
 @pytest.mark.upstream
 def test_mean_pooled_embeddings_equal_llama_cpp_python_s(emb, upstream, smollm2_path):
-    py_dir, lib_dir = upstream
-    env = {**os.environ, "PYTHONPATH": str(py_dir), "LLAMA_CPP_LIB_PATH": str(lib_dir),
-           "LD_LIBRARY_PATH": str(lib_dir)}
+    env = {**os.environ, **upstream_env(upstream)}
     r = subprocess.run([sys.executable, "-c", UPSTREAM, str(smollm2_path), json.dumps(TEXTS)], env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

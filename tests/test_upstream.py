@@ -20,6 +20,7 @@ import pytest
 from led_local import Llama
 from led_local.generate import create_completion
 from led_local.sampling import StandardSampling
+from upstream_build import upstream_env
 
 pytestmark = pytest.mark.upstream
 
@@ -70,9 +71,7 @@ print(json.dumps({"defaults": {k: sig[k].default for k in names}, "text": text})
 
 
 def run_upstream(upstream, script: str, *args) -> dict:
-    py_dir, lib_dir = upstream
-    env = {**os.environ, "PYTHONPATH": str(py_dir), "LLAMA_CPP_LIB_PATH": str(lib_dir),
-           "LD_LIBRARY_PATH": str(lib_dir), "DYLD_LIBRARY_PATH": str(lib_dir)}
+    env = {**os.environ, **upstream_env(upstream)}
     r = subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -90,6 +90,13 @@ def ensure_upstream() -> tuple[Path, Path]:
     return py_dir, lib_dir
 
 
+def upstream_env(upstream: tuple[Path, Path]) -> dict[str, str]:
+    """The environment a subprocess needs to import llama-cpp-python's bindings of the reference build."""
+    py_dir, lib_dir = upstream
+    return {"PYTHONPATH": str(py_dir), "LLAMA_CPP_LIB_PATH": str(lib_dir), "LD_LIBRARY_PATH": str(lib_dir),
+            "DYLD_LIBRARY_PATH": str(lib_dir)}
+
+
 def ensure_llama_server() -> Path:
     """Unpatched `llama-server` from the same pinned source and CPU flags (built once, cached): the reference
     of bench/bench_serving.py."""
