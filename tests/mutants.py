@@ -119,7 +119,7 @@ MUTANTS = [
            's.text += llama.token_to_bytes(token).decode("utf-8", "replace")',
            ("tests/test_generation.py::test_utf8_split_across_tokens_streams_whole_characters",)),
     Mutant("engine: a decode may ask for more outputs than n_seq_max (llama.cpp aborts)", "led_local/llama.py",
-           "if wanted > self.n_seq_max:", "if False:",
+           "if wanted > most:", "if False:",
            ("tests/test_latents.py::test_latent_rows_are_bounded_by_n_seq_max",)),
     Mutant("scheduler: the cached prefixes ignored when choosing a slot", "led_local/scheduler.py",
            "return common_prefix(slot.tokens, job.prompt) if self.prefix_cache and job.reuse else 0", "return 0",
