@@ -125,10 +125,17 @@ struct llama_sampler * led_constraints_new(const struct llama_model * model, con
                                                                     c->repeat_penalty, c->frequency_penalty, c->presence_penalty));
     }
     if (c->grammar != NULL) {
-        struct llama_sampler * grammar = llama_sampler_init_grammar(vocab, c->grammar, "root");
+        struct llama_sampler * grammar = c->grammar_lazy
+            ? llama_sampler_init_grammar_lazy_patterns(vocab, c->grammar, "root", (const char **) c->trigger_patterns,
+                                                       (size_t) c->n_trigger_patterns, c->trigger_tokens,
+                                                       (size_t) c->n_trigger_tokens)
+            : llama_sampler_init_grammar(vocab, c->grammar, "root");
         if (grammar == NULL) {
             llama_sampler_free(chain);
             return NULL;
+        }
+        for (int32_t i = 0; i < c->n_grammar_prefill; i++) {
+            llama_sampler_accept(grammar, c->grammar_prefill[i]);
         }
         llama_sampler_chain_add(chain, grammar);
     }

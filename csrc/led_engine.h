@@ -58,9 +58,20 @@ typedef struct led_constraint_params {
     float   presence_penalty;   // 0 = off
     int32_t penalty_last_n;
     const char * grammar;       // NULL: none
+    // A lazy grammar constrains nothing until the output matches one of its triggers (a tool call's opening
+    // in free text), then the output from the trigger on; llama.cpp's lazy grammar sampler.
+    bool grammar_lazy;
+    const char * const * trigger_patterns;  // regexes over the output text
+    int32_t n_trigger_patterns;
+    const int32_t * trigger_tokens;     // llama_token ids
+    int32_t n_trigger_tokens;
+    // Tokens the grammar takes before the output (a template's generation prompt, which tool-call grammars
+    // start with, as llama.cpp's common sampling feeds them); the penalties never see them.
+    const int32_t * grammar_prefill;
+    int32_t n_grammar_prefill;
 } led_constraint_params;
 // A sampler chain applying them in llama-cpp-python's order (bias, penalties, grammar); it only changes
-// logits, never their order. NULL when the grammar does not parse (llama.cpp logs why).
+// logits, never their order. NULL when the grammar does not parse or refuses its prefill (llama.cpp logs why).
 struct llama_sampler * led_constraints_new(const struct llama_model * model, const led_constraint_params * c);
 
 typedef struct led_standard_params {

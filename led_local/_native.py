@@ -47,6 +47,8 @@ typedef struct llama_logit_bias { int32_t token; float bias; } llama_logit_bias;
 typedef struct led_constraint_params {
     const llama_logit_bias * logit_bias; int32_t n_logit_bias; float repeat_penalty; float frequency_penalty;
     float presence_penalty; int32_t penalty_last_n; const char * grammar;
+    bool grammar_lazy; const char * const * trigger_patterns; int32_t n_trigger_patterns;
+    const int32_t * trigger_tokens; int32_t n_trigger_tokens; const int32_t * grammar_prefill; int32_t n_grammar_prefill;
 } led_constraint_params;
 struct llama_sampler * led_constraints_new(const struct llama_model * model, const led_constraint_params * c);
 typedef struct led_standard_params {
@@ -265,6 +267,12 @@ def dola_contrast(final_logits, premature):
 common_ffi = FFI()
 common_ffi.cdef("""
 char * led_json_schema_to_grammar(const char * schema_json, char * error, size_t error_size);
+typedef struct led_chat led_chat;
+led_chat * led_chat_new(const struct llama_model * model, char * error, size_t error_size);
+void led_chat_free(led_chat * chat);
+char * led_chat_apply(const led_chat * chat, const char * request_json, char * error, size_t error_size);
+char * led_chat_parse(const char * text, bool is_partial, const char * parser_json, char * error,
+                      size_t error_size);
 void led_common_free(char * s);
 """)
 _common = None
@@ -283,15 +291,41 @@ def common():
         return _common
 
 
-def json_schema_to_grammar(schema_json: str) -> str:
-    """GBNF for a JSON schema (JSON text), by llama.cpp's common/json-schema-to-grammar; ValueError if it
-    cannot be converted."""
+def _common_string(call, *args) -> str:
+    """A led_common call that returns a malloc'd string or NULL and a message: the string, or ValueError."""
     c = common()
     error = common_ffi.new("char[]", 1024)
-    out = c.led_json_schema_to_grammar(schema_json.encode(), error, 1024)
+    out = getattr(c, call)(*args, error, 1024)
     if out == common_ffi.NULL:
         raise ValueError(common_ffi.string(error).decode(errors="replace"))
     try:
         return common_ffi.string(out).decode()
     finally:
         c.led_common_free(out)
+
+
+def json_schema_to_grammar(schema_json: str) -> str:
+    """GBNF for a JSON schema (JSON text), by llama.cpp's common/json-schema-to-grammar; ValueError if it
+    cannot be converted."""
+    return _common_string("led_json_schema_to_grammar", schema_json.encode())
+
+
+class ChatTemplates:
+    """A model's chat templates as llama.cpp's common/chat reads them (what llama-server renders tool
+    requests with and parses tool calls back by). Lives no longer than the model it reads."""
+
+    def __init__(self, model) -> None:
+        c = common()
+        error = common_ffi.new("char[]", 1024)
+        handle = c.led_chat_new(common_ffi.cast("struct llama_model *", int(ffi.cast("uintptr_t", model))),
+                                error, 1024)
+        if handle == common_ffi.NULL:
+            raise ValueError(common_ffi.string(error).decode(errors="replace"))
+        self._handle = common_ffi.gc(handle, c.led_chat_free)
+
+    def apply(self, request_json: str) -> str:
+        return _common_string("led_chat_apply", self._handle, request_json.encode())
+
+    @staticmethod
+    def parse(text: str, partial: bool, parser_json: str) -> str:
+        return _common_string("led_chat_parse", text.encode(), partial, parser_json.encode())

@@ -10,6 +10,7 @@ import uuid
 from typing import Iterator, Sequence
 
 from . import chat
+from .chat import Reply
 from .grammar import response_format_grammar
 from .scheduler import Delta, Job
 from .sampling import (SAMPLERS, Constraints, DoLaSampling, LEDConfig, LEDSampling, StandardSampling,
@@ -148,10 +149,11 @@ def _check_logprobs(logprobs: int | None, most: int = 20) -> int | None:
 
 def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int | None, stop, seed: int | None,
             sampler: str, trace: bool = False, logprobs: int | None = None, text_offset: int = 0,
-            echo: str = "", **sampling) -> tuple[Job, "Shape"]:
+            echo: str = "", rendered: "chat.Rendered | None" = None, **sampling) -> tuple[Job, "Shape"]:
     """A checked request, not yet submitted: the scheduler's job and the shape of its OpenAI results. Every
     setting is checked against the model here, before anything runs. `sampling`: sampler_spec's options;
-    `logprobs`: hand out each token's log-probability and that many alternatives (None: none)."""
+    `logprobs`: hand out each token's log-probability and that many alternatives (None: none); `rendered`:
+    a chat request's template rendering (its answers are read back through chat.Reply)."""
     max_tokens = _check_common(max_tokens, sampler)
     logprobs = _check_logprobs(logprobs)
     spec = sampler_spec(sampler, **sampling)
@@ -163,7 +165,8 @@ def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int
     if echo and logprobs is not None:
         raise ValueError("echo with logprobs is not supported (the prompt's own logprobs are not computed); "
                          "ask for one or the other")
-    return job, Shape(llama.model_path, chat=chat, n=n, trace=bool(trace), usage=job.usage,
+    replies = [Reply(llama, rendered) for _ in range(n)] if chat else None
+    return job, Shape(llama.model_path, replies=replies, n=n, trace=bool(trace), usage=job.usage,
                       token_bytes=llama.token_to_bytes if logprobs is not None else None, text_offset=text_offset,
                       echo=echo)
 
@@ -171,11 +174,12 @@ def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int
 class Shape:
     """OpenAI's shapes for one request's deltas: `text_completion` / `chat.completion` and their chunks."""
 
-    def __init__(self, model: str, *, chat: bool, n: int, trace: bool, usage: dict, token_bytes=None,
-                 text_offset: int = 0, echo: str = "") -> None:
-        self.chat, self.n, self.trace, self.usage = chat, n, trace, usage
+    def __init__(self, model: str, *, replies: "list[Reply] | None", n: int, trace: bool, usage: dict,
+                 token_bytes=None, text_offset: int = 0, echo: str = "") -> None:
+        self.chat, self.n, self.trace, self.usage = replies is not None, n, trace, usage
+        self.replies = replies                     # chat: how each choice's text becomes its message
         self.echo = echo                           # a completion's prompt text, put before each choice's text
-        self.head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
+        self.head = {"id": f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
                      "model": model}
         self._started: set[int] = set()
         self._token_bytes = token_bytes            # set when logprobs were asked for
@@ -202,14 +206,18 @@ class Shape:
         return {"tokens": [text(e["token"]) for e in entries], "token_logprobs": [e["logprob"] for e in entries],
                 "top_logprobs": [{text(t): lp for t, lp in e["top"]} for e in entries], "text_offset": offsets}
 
-    def chunk(self, d: Delta) -> dict:
+    def chunk(self, d: Delta) -> dict | None:
+        """The chunk of a delta; None when it has nothing to say."""
         if self.chat:
             delta: dict = {} if d.index in self._started else {"role": "assistant"}
             self._started.add(d.index)
-            if d.text:
-                delta["content"] = d.text
+            reply = self.replies[d.index]
+            delta.update(reply.delta(d.text, final=d.finish_reason is not None))
+            reason = "tool_calls" if d.finish_reason == "stop" and reply.called else d.finish_reason
+            if not delta and reason is None and not d.logprobs and not d.trace:
+                return None  # a token that moved no field of a parsed answer (within a tool call's markup)
             choice = {"index": d.index, "delta": delta, "logprobs": self._logprobs(d.index, d.logprobs),
-                      "finish_reason": d.finish_reason}
+                      "finish_reason": reason}
         else:
             first = d.index not in self._started
             self._started.add(d.index)
@@ -235,8 +243,10 @@ class Shape:
                 traces[d.index] += d.trace
             logprobs[d.index] += d.logprobs or []
         if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": texts[i]},
-                        "logprobs": self._logprobs(i, logprobs[i]), "finish_reason": reasons[i]} for i in range(self.n)]
+            messages = [self.replies[i].message(texts[i]) for i in range(self.n)]
+            choices = [{"index": i, "message": messages[i], "logprobs": self._logprobs(i, logprobs[i]),
+                        "finish_reason": "tool_calls" if reasons[i] == "stop" and "tool_calls" in messages[i]
+                        else reasons[i]} for i in range(self.n)]
         else:
             choices = [{"text": self.echo + texts[i], "index": i, "logprobs": self._logprobs(i, logprobs[i]),
                         "finish_reason": reasons[i]} for i in range(self.n)]
@@ -253,7 +263,9 @@ def deliver(llama, job: Job, shape: Shape, stream: bool) -> dict | Iterator[dict
     if stream:
         def chunks() -> Iterator[dict]:
             for d in deltas:
-                yield shape.chunk(d)
+                chunk = shape.chunk(d)
+                if chunk is not None:
+                    yield chunk
             yield shape.last_chunk()
         return chunks()
     return shape.response(deltas)
@@ -339,12 +351,28 @@ def chat_grammar(grammar, response_format: dict | None):
     return grammar if from_format is None else from_format
 
 
+def chat_prompt(llama, messages: list[dict], tools=None, tool_choice=None,
+                parallel_tool_calls=None) -> tuple[list[int], chat.Rendered]:
+    """The request rendered by the model's chat template (chat.py), and its prompt's tokens."""
+    rendered = chat.render(llama, messages, tools, tool_choice, parallel_tool_calls)
+    bos = llama.token_text(llama.token_bos())
+    add_bos = bool(llama._lib.llama_vocab_get_add_bos(llama._vocab)) and not rendered.prompt.startswith(bos)
+    tokens = llama.tokenize(rendered.prompt, add_bos=add_bos, special=True)
+    return completion_prompt_tokens(llama, tokens), rendered
+
+
 def chat_prompt_tokens(llama, messages: list[dict]) -> list[int]:
-    bos, eos = llama.token_text(llama.token_bos()), llama.token_text(llama.token_eos())
-    text = chat.render(llama.chat_template(), messages, bos_token=bos, eos_token=eos)
-    add_bos = bool(llama._lib.llama_vocab_get_add_bos(llama._vocab)) and not text.startswith(bos)
-    tokens = llama.tokenize(text, add_bos=add_bos, special=True)
-    return completion_prompt_tokens(llama, tokens)
+    return chat_prompt(llama, messages)[0]
+
+
+def chat_constraints(rendered: chat.Rendered, grammar, response_format: dict | None, stop) -> tuple:
+    """The grammar and stops of a chat request: the template's tool-call grammar, or `grammar`, or the
+    `response_format`'s (one of them), and the request's stops with the template's."""
+    user = chat_grammar(grammar, response_format)
+    if rendered.grammar is not None and user is not None:
+        raise ValueError("tools cannot be combined with grammar or a JSON response_format (the tool-call format "
+                         "is a grammar of its own); give one or the other, or tool_choice='none'")
+    return (rendered.grammar or user), _normalize_stop(stop) + [s for s in rendered.stops if s]
 
 
 def create_chat_completion(
@@ -376,12 +404,18 @@ def create_chat_completion(
     response_format: dict | None = None,
     logprobs: bool | None = None,
     top_logprobs: int | None = None,
+    tools: list[dict] | None = None,
+    tool_choice: str | dict | None = None,
+    parallel_tool_calls: bool | None = None,
 ) -> dict | Iterator[dict]:
     """Chat completion over the model's chat template: an OpenAI `chat.completion` dict, or chunks. The
-    arguments are create_completion's, and `response_format` as OpenAI's (JSON mode, a JSON schema)."""
+    arguments are create_completion's, `response_format` as OpenAI's (JSON mode, a JSON schema), and
+    `tools`/`tool_choice`/`parallel_tool_calls` as OpenAI's: the template renders the tools, its tool-call
+    grammar constrains the calls and the answer comes back with `tool_calls` (llama.cpp's common/chat)."""
     sampling = _sampling(locals())
-    sampling["grammar"] = chat_grammar(grammar, response_format)
-    job, shape = prepare(llama, chat_prompt_tokens(llama, messages), chat=True, n=n, max_tokens=max_tokens,
-                         stop=stop, seed=seed, sampler=sampler, trace=trace,
-                         logprobs=chat_logprobs(logprobs, top_logprobs), **sampling)
+    tokens, rendered = chat_prompt(llama, messages, tools, tool_choice, parallel_tool_calls)
+    sampling["grammar"], stops = chat_constraints(rendered, grammar, response_format, stop)
+    job, shape = prepare(llama, tokens, chat=True, n=n, max_tokens=max_tokens, stop=stops, seed=seed,
+                         sampler=sampler, trace=trace, logprobs=chat_logprobs(logprobs, top_logprobs),
+                         rendered=rendered, **sampling)
     return deliver(llama, job, shape, stream)

@@ -6,19 +6,32 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _native
 
 
+@dataclass(frozen=True, repr=False)
 class LlamaGrammar:
-    """A GBNF grammar with a `root` rule; pass it (or the text) as `grammar=`."""
+    """A GBNF grammar with a `root` rule; pass it (or the text) as `grammar=`.
 
-    def __init__(self, gbnf: str) -> None:
-        if not isinstance(gbnf, str) or not gbnf.strip():
+    A chat template's tool-call grammar (chat.py) also sets: `lazy` with its triggers (it constrains
+    nothing until the output matches a trigger pattern or token, then the output from there on) and
+    `prefill`, text the grammar takes before the output (the template's generation prompt)."""
+
+    gbnf: str
+    lazy: bool = False
+    trigger_patterns: tuple[str, ...] = ()
+    trigger_tokens: tuple[int, ...] = ()
+    prefill: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.gbnf, str) or not self.gbnf.strip():
             raise ValueError("a grammar needs GBNF text with a `root` rule")
-        self.gbnf = gbnf
+        if self.lazy and not (self.trigger_patterns or self.trigger_tokens):
+            raise ValueError("a lazy grammar needs trigger patterns or tokens")
 
     @classmethod
     def from_string(cls, grammar: str, verbose: bool = True) -> "LlamaGrammar":

@@ -127,6 +127,7 @@ class Llama:
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._batch = ffi.NULL
+        self._chat = None
         self._lock = threading.RLock()
 
         path = Path(model_path)
@@ -212,6 +213,7 @@ class Llama:
         if self._ctx != ffi.NULL:
             lib.llama_free(self._ctx)
             self._ctx = ffi.NULL
+        self._chat = None
         if self._model != ffi.NULL:
             lib.llama_model_free(self._model)
             self._model = ffi.NULL
@@ -308,6 +310,16 @@ class Llama:
         self._check_open()
         raw = self._lib.llama_model_chat_template(self._model, ffi.NULL)
         return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8")
+
+    def _chat_templates(self):
+        """The model's chat templates as llama.cpp's common/chat reads them (chat.py), read on first use."""
+        self._check_open()
+        with self._lock:
+            if self._chat is None:
+                from ._native import ChatTemplates
+
+                self._chat = ChatTemplates(self._model)
+            return self._chat
 
     def _read_metadata(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _native
 from ._native import ffi
+from .grammar import LlamaGrammar
 
 SAMPLERS = ("standard", "led", "dola")
 
@@ -73,14 +74,18 @@ def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
     return tuple(sorted(out.items()))
 
 
-def _grammar_text(grammar: object) -> str | None:
-    """GBNF text from a string or a LlamaGrammar (grammar.py)."""
-    if grammar is None:
-        return None
-    text = getattr(grammar, "gbnf", grammar)
-    if not isinstance(text, str) or not text.strip():
+def _grammar(grammar: object) -> LlamaGrammar | None:
+    """A LlamaGrammar (grammar.py) from one or from GBNF text."""
+    if grammar is None or isinstance(grammar, LlamaGrammar):
+        return grammar
+    if not isinstance(grammar, str) or not grammar.strip():
         raise ValueError("grammar must be GBNF text (with a `root` rule) or a LlamaGrammar")
-    return text
+    return LlamaGrammar(grammar)
+
+
+def keep_alive(keep: list, obj):
+    keep.append(obj)
+    return obj
 
 
 @dataclass(frozen=True)
@@ -96,11 +101,11 @@ class Constraints:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     penalty_last_n: int = 64
-    grammar: str | None = None
+    grammar: "str | LlamaGrammar | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
-        object.__setattr__(self, "grammar", _grammar_text(self.grammar))
+        object.__setattr__(self, "grammar", _grammar(self.grammar))
         if _finite("repeat_penalty", self.repeat_penalty, 0.0) <= 0:
             raise ValueError("repeat_penalty must be > 0 (1.0 turns it off)")
         _finite("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
@@ -126,11 +131,21 @@ class Constraints:
             return ffi.NULL
         p = ffi.new("led_constraint_params *")
         bias = ffi.new("llama_logit_bias[]", [{"token": t, "bias": b} for t, b in self.logit_bias] or 1)
-        grammar = ffi.new("char[]", self.grammar.encode()) if self.grammar is not None else ffi.NULL
+        g = self.grammar
+        keep = []  # what the params point into lives until the call returns
+        if g is not None:
+            p.grammar = keep_alive(keep, ffi.new("char[]", g.gbnf.encode()))
+            p.grammar_lazy = g.lazy
+            patterns = [keep_alive(keep, ffi.new("char[]", t.encode())) for t in g.trigger_patterns]
+            p.trigger_patterns, p.n_trigger_patterns = keep_alive(keep, ffi.new("char *[]", patterns or 1)), len(patterns)
+            p.trigger_tokens = keep_alive(keep, ffi.new("int32_t[]", list(g.trigger_tokens) or 1))
+            p.n_trigger_tokens = len(g.trigger_tokens)
+            prefill = llama.tokenize(g.prefill, add_bos=False, special=True) if g.prefill else []
+            p.grammar_prefill, p.n_grammar_prefill = keep_alive(keep, ffi.new("int32_t[]", prefill or 1)), len(prefill)
         p.logit_bias, p.n_logit_bias = bias, len(self.logit_bias)
         p.repeat_penalty, p.frequency_penalty, p.presence_penalty = (self.repeat_penalty, self.frequency_penalty,
                                                                      self.presence_penalty)
-        p.penalty_last_n, p.grammar = self.penalty_last_n, grammar
+        p.penalty_last_n = self.penalty_last_n
         chain = llama._lib.led_constraints_new(llama._model, p)
         if chain == ffi.NULL:
             raise ValueError("the grammar does not parse as GBNF with a `root` rule (verbose=True shows llama.cpp's "

@@ -29,8 +29,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
-from .chat import ChatTemplateError
-from .generate import (chat_grammar, chat_logprobs, chat_prompt_tokens, completion_prompt_tokens,
+from . import chat
+from .generate import (chat_constraints, chat_logprobs, chat_prompt, completion_prompt_tokens,
                        fim_prompt_tokens, prepare)
 from .llama import Llama
 from .scheduler import Job
@@ -56,7 +56,7 @@ HARMLESS_FIELDS = {"user", "metadata", "store", "service_tier", "parallel_tool_c
 # not honoured yet: accepted only at the value that asks for nothing
 NEUTRAL_VALUES = {"echo": (None, False),
                   "suffix": (None, ""), "best_of": (None, 1), "response_format": (None, {"type": "text"}),
-                  "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+                  "functions": (None, []),
                   "function_call": (None, "none", "auto")}
 
 
@@ -134,40 +134,16 @@ class CompletionRequest(_Common):
         return self.logprobs
 
 
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    type: str
-    text: str | None = None
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # other fields: refused by name in as_text unless empty
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = ""
-
-    def as_text(self) -> dict:
-        """The message with its content as one string: desktop clients send a list of parts, of which a
-        text-only model reads the text ones; any other kind is refused by name. Fields the template would
-        need and this server does not render yet (tool calls) are refused rather than dropped."""
-        for name, value in (self.model_extra or {}).items():
-            if name == "name" or value in (None, [], ""):
-                continue
-            raise ApiError(f"message field '{name}' is not supported by this server yet", f"messages.{name}")
-        content = self.content
-        if isinstance(content, list):
-            other = sorted({p.type for p in content if p.type != "text"})
-            if other:
-                raise ApiError(f"content parts of type {', '.join(other)} are not supported by this text-only "
-                               "model; send text parts", "messages")
-            content = "".join(p.text or "" for p in content)
-        return {"role": self.role, "content": content}
-
-
 class ChatRequest(_Common):
-    messages: list[ChatMessage] = Field(min_length=1)
+    # messages as OpenAI sends them (text parts, an assistant's tool_calls, tool replies): checked, and any
+    # field the template cannot render refused by name, in chat.py
+    messages: list[dict[str, Any]] = Field(min_length=1)
     response_format: dict[str, Any] | None = None  # JSON mode and JSON schemas (grammar.py)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
     def logprob_alternatives(self) -> int | None:
         try:
@@ -214,8 +190,8 @@ class Limits:
 
 
 def _to_api_error(e: BaseException) -> ApiError | None:
-    if isinstance(e, (ValueError, TypeError, ChatTemplateError)):
-        return ApiError(str(e))
+    if isinstance(e, (ValueError, TypeError)):
+        return ApiError(str(e), getattr(e, "param", None))
     return None
 
 
@@ -298,11 +274,12 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(time.time()),
                                             "owned_by": "led-local"}]}
 
-    async def respond(body: _Common, tokens: Callable[[], list[int]], chat: bool, default_max_tokens: int | None,
-                      text_offset: int = 0, echo: str = ""):
+    async def respond(body: _Common, tokens: Callable[[], list[int]], rendered: "chat.Rendered | None",
+                      default_max_tokens: int | None = None, text_offset: int = 0, echo: str = ""):
+        """`rendered`: a chat request's template rendering; None: a completion."""
         kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
         try:
-            job, shape = prepare(llama, tokens(), chat=chat, **kwargs)
+            job, shape = prepare(llama, tokens(), chat=rendered is not None, rendered=rendered, **kwargs)
         except Exception as e:
             api = _to_api_error(e)
             if api is None:
@@ -323,7 +300,9 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
             gen = driver.deltas(job)
             try:
                 async for d in gen:
-                    yield {"data": json.dumps(shape.chunk(d))}
+                    chunk = shape.chunk(d)
+                    if chunk is not None:
+                        yield {"data": json.dumps(chunk)}
                 if include_usage:
                     yield {"data": json.dumps(shape.last_chunk())}
                 yield {"data": "[DONE]"}
@@ -355,16 +334,19 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
     async def completions(body: CompletionRequest):
         tokens = (lambda: completion_prompt_tokens(llama, body.prompt)) if not body.suffix else \
             (lambda: fim_prompt_tokens(llama, body.prompt, body.suffix))
-        return await respond(body, tokens, False, 16, len(body.prompt),
+        return await respond(body, tokens, None, 16, len(body.prompt),
                              body.prompt if body.echo else "")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
-        messages = [m.as_text() for m in body.messages]
         try:
-            body.grammar = chat_grammar(body.grammar, body.response_format)
+            tokens, rendered = chat_prompt(llama, body.messages, body.tools, body.tool_choice, body.parallel_tool_calls)
+        except ValueError as e:
+            raise _to_api_error(e) from None
+        try:
+            body.grammar, body.stop = chat_constraints(rendered, body.grammar, body.response_format, body.stop)
         except ValueError as e:
             raise ApiError(str(e), "response_format") from None
-        return await respond(body, lambda: chat_prompt_tokens(llama, messages), True, None)
+        return await respond(body, lambda: tokens, rendered)
 
     return app

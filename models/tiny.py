@@ -29,6 +29,23 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# a thinking model's template in Qwen3's shape: the answer opens with a <think> section, earlier answers are
+# rendered without theirs, and enable_thinking=false writes an empty one
+THINK_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'assistant' %}"
+    "{%- set content = message.content %}"
+    "{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1].lstrip('\n') %}{%- endif %}"
+    "{{- '<|im_start|>assistant\n' + content + '<|im_end|>\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
 ARCHS = ("llama", "qwen2", "qwen3", "gemma2")
 MERGES = ["Ġ t", "h e", "Ġ a", "i n", "Ġt he", "e r", "o n", "Ġ s", "r e", "a t"]
 
@@ -48,6 +65,7 @@ class TinySpec:
     scale: float = 0.5           # weight scale: large enough that layers disagree, small enough to stay finite
     final_norm_scale: float = 1.0  # > 1 sharpens the final layer against the raw latent lens (LED's regime)
     chat_template: bool = True   # write the ChatML template (off: a base model)
+    think_template: bool = False  # write THINK_TEMPLATE instead (needs think=True)
     think_bias: float = 0.0      # qwen2 only: an output.bias that makes `</think>` likely (tests of think_only)
     eog_bias: float = 0.0        # qwen2 only: output.bias on the end-of-generation tokens (< 0: long outputs)
     logit_softcap: float = 0.0   # gemma2 only: final logits become cap * tanh(logits / cap)
@@ -125,7 +143,9 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     writer.add_eos_token_id(eot)
     writer.add_add_bos_token(False)
     if spec.chat_template:
-        writer.add_chat_template(CHATML_TEMPLATE)
+        if spec.think_template and not spec.think:
+            raise ValueError("think_template needs think=True (the <think> tokens)")
+        writer.add_chat_template(THINK_TEMPLATE if spec.think_template else CHATML_TEMPLATE)
 
     embd = (rng.standard_normal((n_vocab, spec.n_embd))).astype(np.float32)
     writer.add_tensor("token_embd.weight", embd)
