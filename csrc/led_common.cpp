@@ -88,7 +88,9 @@ char * led_chat_apply(const led_chat * chat, const char * request_json, char * e
         }
         const std::string choice = led_string(request, "tool_choice");
         inputs.tool_choice = common_chat_tool_choice_parse_oaicompat(choice.empty() ? "auto" : choice);
-        inputs.parallel_tool_calls = led_bool(request, "parallel_tool_calls", false);
+        // as llama-server: absent, the template's own answer
+        inputs.parallel_tool_calls = led_bool(request, "parallel_tool_calls",
+                                              common_chat_templates_get_caps(chat->templates.get())["supports_parallel_tool_calls"]);
         inputs.enable_thinking = led_bool(request, "enable_thinking", true);
         inputs.reasoning_format = COMMON_REASONING_FORMAT_AUTO;
         inputs.add_generation_prompt = true;

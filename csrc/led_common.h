@@ -24,7 +24,9 @@ led_chat * led_chat_new(const struct llama_model * model, char * error, size_t e
 void       led_chat_free(led_chat * chat);
 
 // Render one chat request. request_json: {"messages": OpenAI messages, "tools": OpenAI tools or null,
-// "tool_choice": "auto" | "required" | "none", "parallel_tool_calls": bool, "enable_thinking": bool}.
+// "tool_choice": "auto" | "required" | "none", "parallel_tool_calls": bool (absent: as the template can),
+// "enable_thinking": bool}. (llama.cpp's parallel_tool_calls lets one call block hold several calls; its
+// grammar lets a model write several blocks either way.)
 // Returns malloc'd JSON: {"prompt", "format", "format_name", "grammar", "grammar_lazy", "grammar_triggers":
 // [{"type": "token" | "word" | "pattern" | "pattern_full", "value", "token"}], "preserved_tokens",
 // "additional_stops", "generation_prompt", "parser" (the serialized output parser), "supports_thinking",

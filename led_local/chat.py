@@ -151,11 +151,17 @@ def render(llama, messages: object, tools: object = None, tool_choice: object = 
         raise ValueError(f"parallel_tool_calls must be true or false, got {parallel_tool_calls!r}")
     checked = validate_messages(messages)
     tool_list, choice = validate_tools(tools, tool_choice)
+    if isinstance(tool_choice, dict) and parallel_tool_calls is None:
+        parallel_tool_calls = False  # a named function: one call of it
     request = {"messages": checked, "tools": tool_list, "tool_choice": choice}
     if parallel_tool_calls is not None:
         request["parallel_tool_calls"] = parallel_tool_calls
     r = _apply(llama, request)
     caps = r["caps"]
+    if llama.chat_format == "chatml-function-calling" and not (caps.get("supports_tools")
+                                                               and "<|im_start|>" in llama.chat_template()):
+        raise ChatTemplateError("chat_format='chatml-function-calling' needs a model whose own template is ChatML "
+                                "with tools (Qwen2.5's is); this one's is not: leave chat_format out")
     if tool_list and (not caps.get("supports_tools") or (choice != "none" and not r["grammar"])):
         raise ChatTemplateError("this model's chat template takes no tools (it renders no tool definitions or has "
                                 "no tool-call format); leave tools out, or use a model whose template has them", "tools")

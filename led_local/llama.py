@@ -22,6 +22,8 @@ from .scheduler import Job, Scheduler
 
 GGUF_MAGIC = b"GGUF"
 MAX_SEQUENCES = 64
+# llama-cpp-python's chat_format values led-local takes (chat.py renders with the GGUF's template)
+CHAT_FORMATS = (None, "chatml-function-calling")
 
 
 class DecodeError(RuntimeError):
@@ -102,6 +104,9 @@ class Llama:
     sampled rows without it. `flash_attn`: None keeps llama.cpp's auto choice (on where supported; note
     llama-cpp-python's default is off), True/False force it.
 
+    `chat_format`: chats are rendered by the GGUF's own template (None); llama-cpp-python's
+    "chatml-function-calling" is taken for a ChatML template that renders tools, the same kind of prompt.
+
     `batch_invariant=True` makes a token's logits independent of what shares its batch (README,
     Determinism): ggml's reference CPU kernels and no weight repacking, at some cost in prompt speed.
     """
@@ -122,6 +127,7 @@ class Llama:
         logits_all: bool = False,
         flash_attn: bool | None = None,
         embedding: bool = False,
+        chat_format: str | None = None,
         verbose: bool = False,
     ) -> None:
         self._model = ffi.NULL
@@ -148,6 +154,11 @@ class Llama:
             raise ValueError(f"flash_attn must be None (llama.cpp's auto), True or False, got {flash_attn!r}")
         self.flash_attn = flash_attn
         self.embedding = bool(embedding)
+        if chat_format not in CHAT_FORMATS:
+            raise ValueError(f"chat_format={chat_format!r} is one of llama-cpp-python's own chat handlers; led-local "
+                             "renders chats with the model's own template (llama.cpp's common/chat, as llama-server "
+                             "does): leave chat_format out")
+        self.chat_format = chat_format
         if self.batch_invariant and n_gpu_layers != 0:
             raise ValueError("batch_invariant=True covers the CPU backend's kernels only; use n_gpu_layers=0 with it")
         if seed is not None:
@@ -307,6 +318,7 @@ class Llama:
         return []
 
     def chat_template(self) -> str | None:
+        """The GGUF's chat template (tokenizer.chat_template), None for a model without one."""
         self._check_open()
         raw = self._lib.llama_model_chat_template(self._model, ffi.NULL)
         return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8")

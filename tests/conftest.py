@@ -33,6 +33,8 @@ TINY_SPECS = {
     "llama-deep": TinySpec(arch="llama", tied=False, n_layer=12, seed=7),
     # fill-in-the-middle tokens (completion's `suffix`)
     "qwen2-fim": TinySpec(arch="qwen2", tied=False, seed=8, fim=True),
+    # a thinking template (Qwen3's shape): answers' <think> sections come back as reasoning_content
+    "qwen2-think-template": TinySpec(arch="qwen2", tied=False, seed=9, think=True, think_template=True),
 }
 
 
@@ -59,6 +61,14 @@ def gemma3_path() -> Path:
     from led_local import models
 
     return models.pull("gemma3-270m", quiet=True)
+
+
+@pytest.fixture(scope="session")
+def qwen15_path() -> Path:
+    """Qwen2.5-Coder-1.5B-Instruct: the registry's model whose template has tools (1.1 GB, fetched once)."""
+    from led_local import models
+
+    return models.pull("qwen2.5-coder-1.5b", quiet=True)
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,7 @@ T_LEDGEN = "tests/test_led_generation.py::"
 T_STEPS = T_LEDGEN + "test_every_generated_step_is_led_step_on_its_rows"
 T_SERVER_FIELDS = "tests/test_server.py::test_every_sampling_field_reaches_the_sampler"
 T_UPSTREAM = "tests/test_upstream.py::test_seeded_sampling_identical_to_upstream"
+T_TOOLS = "tests/test_tools.py::"
 
 MUTANTS = [
     # --- DoLa ----------------------------------------------------------------------------------------------
@@ -263,6 +264,26 @@ MUTANTS = [
     Mutant("chat: no history file", "led_local/commands/chat.py",
            "PromptSession(history=FileHistory(str(history)))", "PromptSession()",
            ("tests/test_commands.py::test_chat_reset_and_history",)),
+    # --- chat templates, tool calls, reasoning (chat.py, led_common, lazy grammars) ---------------------------
+    Mutant("chat: a thinking template's <think> section left in the content", "led_local/chat.py",
+           "(rendered.tools or rendered.thinking)", "(rendered.tools)",
+           (T_TOOLS + "test_reasoning_content_is_split_out_for_a_thinking_template",)),
+    Mutant("chat: a required call not opened in the prompt", "led_local/chat.py",
+           'lead = words[0] if words else ""', 'lead = ""',
+           (T_TOOLS + "test_a_named_tool_choice_calls_that_tool",)),
+    Mutant("chat: a streamed call's arguments lose a character per delta", "led_local/chat.py",
+           '{"index": i, "function": {"arguments": args[len(sent):]}}',
+           '{"index": i, "function": {"arguments": args[len(sent) + 1:]}}',
+           (T_TOOLS + "test_required_tool_calls_come_back_as_tool_calls[standard]",)),
+    Mutant("constraints: a lazy grammar constrains from the start", "csrc/led_engine.c",
+           "struct llama_sampler * grammar = c->grammar_lazy", "struct llama_sampler * grammar = 0",
+           (T_TOOLS + "test_a_lazy_grammar_constrains_only_from_its_trigger_on",)),
+    Mutant("constraints: the grammar prefill not fed", "csrc/led_engine.c",
+           "for (int32_t i = 0; i < c->n_grammar_prefill; i++)", "for (int32_t i = 0; i < 0; i++)",
+           (T_TOOLS + "test_a_named_tool_choice_calls_that_tool",)),
+    Mutant("server: a chat's tools not rendered", "led_local/server.py",
+           "chat_prompt(llama, body.messages, body.tools,", "chat_prompt(llama, body.messages, None,",
+           (T_TOOLS + "test_tool_calls_through_the_official_openai_client",)),
     Mutant("models: a fetched file's sha256 not checked", "led_local/models.py",
            "if partial.stat().st_size != e.size or _sha256(partial) != e.sha256:",
            "if partial.stat().st_size != e.size:", ("tests/test_models.py",)),

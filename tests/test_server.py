@@ -16,18 +16,14 @@ import numpy as np
 import openai
 import pytest
 
+from serving import free_port, start_server
+
 KEY = "test-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_paths):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "led_local.cli", "serve", "--model", str(tiny_paths["qwen2-no-eos"]), "--threads", "1",
          "--port", str(port), "--api-key", KEY, "--parallel", "4", "--max-tokens-limit", "16000", "--ctx", "16384"],
@@ -287,7 +283,7 @@ def _listening_addresses(port: int) -> set[str]:
 
 @pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="reads Linux's socket table")
 def test_binds_loopback_by_default_and_takes_the_key_from_the_environment(tiny_paths):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "LED_LOCAL_API_KEY": "from-env"}
     proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "serve", "--model", str(tiny_paths["llama-tied"]),
                              "--threads", "1", "--port", str(port)],
@@ -357,24 +353,8 @@ def test_a_disconnect_leaves_the_other_streams_intact(server, client):
     assert health.json() == {"status": "ok", "slots_idle": 4, "slots_processing": 0, "queued": 0}
 
 
-def _start_server(model, *args: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "serve", "--model", str(model), "--threads", "1",
-                             "--port", str(port), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            httpx.get(f"{base}/models", timeout=1)
-            return proc, base
-        except httpx.HTTPError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
-    raise RuntimeError("the server did not start")
-
-
 def test_full_queue_gets_503_and_sigterm_ends_streams_cleanly(tiny_paths):
-    proc, base = _start_server(tiny_paths["qwen2-no-eos"], "--parallel", "1", "--max-queue", "1",
+    proc, base = start_server(tiny_paths["qwen2-no-eos"], "--parallel", "1", "--max-queue", "1",
                                "--max-tokens-limit", "100000", "--ctx", "100000")
     try:
         long = {"prompt": "the cat", "max_tokens": 90000, "temperature": 1.0, "seed": 1, "stream": True}
@@ -426,7 +406,7 @@ def test_concurrent_requests_with_different_samplers_equal_their_solo_runs(clien
 
 
 def test_batch_invariant_flag_reaches_the_model(tiny_paths):
-    proc, _ = _start_server(tiny_paths["qwen2-no-eos"], "--batch-invariant")
+    proc, _ = start_server(tiny_paths["qwen2-no-eos"], "--batch-invariant")
     try:
         assert "batch-invariant kernels" in proc.stdout.readline()
     finally:
@@ -440,7 +420,7 @@ def test_embeddings_endpoint(tiny_paths, client):
     with pytest.raises(openai.APIStatusError) as e:
         client.embeddings.create(model="x", input="hello")
     assert e.value.status_code == 501 and "--embedding" in e.value.response.json()["error"]["message"]
-    proc, base = _start_server(tiny_paths["qwen2-no-eos"], "--embedding")
+    proc, base = start_server(tiny_paths["qwen2-no-eos"], "--embedding")
     try:
         emb = openai.OpenAI(base_url=base, api_key="none", max_retries=0)
         got = emb.embeddings.create(model="x", input=["the cat", "a dog"])

@@ -211,7 +211,7 @@ def answer(session: Session, user_text: str) -> None:
     dropped = session.fit_context()
     if dropped:
         click.echo(click.style(f"(dropped the {dropped} oldest turn(s) to fit the context window)", fg="yellow"))
-    styler, text, steps, explored = ThinkStyler(), "", 0, 0
+    styler, text, reasoning, steps, explored = ThinkStyler(), "", "", 0, 0
     t0 = time.perf_counter()
     chunks = session.llm.create_chat_completion(session.messages(), max_tokens=session.settings["max_tokens"],
                                                 stream=True, trace=True, **session.sampling())
@@ -226,8 +226,11 @@ def answer(session: Session, user_text: str) -> None:
     try:
         for chunk in chunks:
             for c in chunk["choices"]:
-                text += c["delta"].get("content", "")
-                show(styler.feed(c["delta"].get("content", "")))
+                # a thinking template's <think> section arrives split out (chat.py); others' inline
+                reasoning += c["delta"].get("reasoning_content", "")
+                show([(c["delta"].get("reasoning_content", ""), True)])
+                text += c["delta"].get("content") or ""
+                show(styler.feed(c["delta"].get("content") or ""))
                 for t in c.get("led_trace", []):
                     steps += 1
                     explored += bool(t.get("explored"))
@@ -238,7 +241,7 @@ def answer(session: Session, user_text: str) -> None:
     show(styler.feed("", final=True))
     click.echo()
     seconds = time.perf_counter() - t0
-    session.turns.append({"role": "assistant", "content": text})
+    session.turns.append({"role": "assistant", "content": text} | ({"reasoning_content": reasoning} if reasoning else {}))
     session.last = {"tokens": steps, "seconds": seconds, "tok_s": steps / seconds if seconds > 0 else 0.0}
     session.total_tokens += steps
     if session.sampler == "led":
