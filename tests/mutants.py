@@ -169,8 +169,8 @@ MUTANTS = [
            "return grammar if from_format is None else from_format", "return grammar",
            ("tests/test_constraints.py::test_json_schema_answers_validate",)),
     Mutant("server: response_format dropped", "led_local/server.py",
-           "body.grammar = chat_grammar(body.grammar, body.response_format)",
-           "chat_grammar(body.grammar, body.response_format)",
+           "chat_constraints(rendered, body.grammar, body.response_format, body.stop)",
+           "chat_constraints(rendered, body.grammar, None, body.stop)",
            ("tests/test_server.py::test_json_schema_response_format_through_the_official_client",)),
     # --- logprobs ------------------------------------------------------------------------------------------------
     Mutant("logprobs: not normalized (raw logits minus their max)", "led_local/sampling.py",
