@@ -127,6 +127,23 @@ def test_readout_off_hands_out_nothing(tiny_path):
         assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) == ffi.NULL
 
 
+def test_set_latents_between_a_decode_and_a_getter_leaves_no_stale_rows(tiny_path):
+    """Rows saved under 2 blocks have another stride than 3 blocks' rows: after the change a getter finds
+    none (the next decode fills them), never the old rows read with the new stride."""
+    from led_local._native import ffi
+    with Llama(tiny_path, n_threads=1) as llm:
+        toks = llm.tokenize("the cat")
+        llm.reset()
+        llm._set_latents([1, 2], with_logits=False, norm=False)
+        llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) != ffi.NULL
+        llm._set_latents([0, 1, 2], with_logits=False, norm=False)
+        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) == ffi.NULL
+        assert llm._lib.llama_get_latent_logits_ith(llm._ctx, -1) == ffi.NULL
+        llm._decode([(llm.token_eos(), len(toks), 0, True)])
+        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) != ffi.NULL  # the next decode's rows
+
+
 def test_latents_leave_final_logits_unchanged(tiny_path):
     with Llama(tiny_path, n_threads=1) as llm:
         toks = llm.tokenize(PROMPT)
