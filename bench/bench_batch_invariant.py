@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _results import save_result  # noqa: E402
+from _worker import run_worker  # noqa: E402
 
 WORKER = r"""
 import json, sys, time
@@ -57,11 +56,7 @@ print(json.dumps({"prompt_tok_s": n / prompt_s, "decode_tok_s": n_decode / decod
 
 
 def run(path: str, invariant: bool, n_prompt: int, n_decode: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", WORKER, path, "1" if invariant else "0", str(n_prompt), str(n_decode)],
-                       capture_output=True, text=True, timeout=3600, env=dict(os.environ))
-    if r.returncode != 0:
-        raise SystemExit(f"worker failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_worker(["-c", WORKER, path, "1" if invariant else "0", str(n_prompt), str(n_decode)])
 
 
 def main() -> None:

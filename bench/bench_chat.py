@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _results import save_result  # noqa: E402
+from _worker import run_worker  # noqa: E402
 
 TOPICS = ["tides", "volcanoes", "glaciers", "deserts", "rainforests", "coral reefs", "monsoons", "auroras"]
 
@@ -70,16 +69,8 @@ print(json.dumps(out))
 
 
 def run_side(side: str, path: str, turns: int, pairs, upstream) -> list[float]:
-    env = dict(os.environ)
-    if side == "upstream":
-        from upstream_build import upstream_env
-
-        env |= upstream_env(upstream)
-    r = subprocess.run([sys.executable, "-c", WORKER, side, path, str(turns)], input=json.dumps(pairs), env=env,
-                       capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        raise SystemExit(f"{side} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_worker(["-c", WORKER, side, path, str(turns)], upstream if side == "upstream" else None,
+                      stdin=json.dumps(pairs))
 
 
 def main() -> None:

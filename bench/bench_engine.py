@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from _results import save_result
+from _worker import run_worker
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "Once upon a time, in a small village by the sea,"
@@ -75,15 +74,8 @@ def worker(kind: str, model_path: str, tokens: int) -> dict:
     return {"tokens": n - 1, "seconds": tn - t1}
 
 
-def run_worker(kind: str, model_path: str, tokens: int, upstream) -> float:
-    env = dict(os.environ)
-    if kind == "upstream":
-        from upstream_build import upstream_env
-
-        env.update(upstream_env(upstream))
-    out = subprocess.run([sys.executable, __file__, "--worker", kind, model_path, str(tokens)],
-                         capture_output=True, text=True, env=env, check=True)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+def run_side(kind: str, model_path: str, tokens: int, upstream) -> float:
+    r = run_worker([__file__, "--worker", kind, model_path, str(tokens)], upstream if kind == "upstream" else None)
     return r["tokens"] / r["seconds"]
 
 
@@ -128,7 +120,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {k: [] for k in kinds}
     for r in range(a.rounds):
         for k in kinds:  # alternating, back to back
-            rates[k].append(run_worker(k, model_path, a.tokens, upstream))
+            rates[k].append(run_side(k, model_path, a.tokens, upstream))
         print(f"round {r + 1}: " + ", ".join(f"{k} {rates[k][-1]:.1f} tok/s" for k in kinds), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     result = {"model": a.model, "tokens": a.tokens, "rounds": a.rounds, "threads": 1, "tok_s": rates,

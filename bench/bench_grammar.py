@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from _results import save_result  # noqa: E402
+from _worker import run_worker  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {
     "items": {"type": "array", "items": {"type": "object", "properties": {
@@ -54,16 +53,8 @@ print(json.dumps(out))
 
 
 def run_side(side: str, path: str, n: int, upstream) -> dict:
-    env = dict(os.environ)
-    if side == "upstream":
-        from upstream_build import upstream_env
-
-        env |= upstream_env(upstream)
-    r = subprocess.run([sys.executable, "-c", WORKER, side, path, str(n), json.dumps(SCHEMA)], env=env,
-                       capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        raise SystemExit(f"{side} failed:\n{r.stderr[-3000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return run_worker(["-c", WORKER, side, path, str(n), json.dumps(SCHEMA)],
+                      upstream if side == "upstream" else None)
 
 
 def main() -> None:
