@@ -8,6 +8,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <map>
+#include <memory>
 #include <string>
 
 static char * led_copy(const std::string & s) {
@@ -19,9 +21,9 @@ static char * led_copy(const std::string & s) {
 }
 
 // C++ exceptions must not cross into C: every failure becomes NULL and a message
-template <typename F> static char * led_guard(F && f, char * error, size_t error_size) {
+template <typename F> static auto led_guard(F && f, char * error, size_t error_size) -> decltype(f()) {
     try {
-        char * out = led_copy(f());
+        auto out = f();
         if (out == nullptr) {
             std::snprintf(error, error_size, "out of memory");
         }
@@ -35,7 +37,7 @@ template <typename F> static char * led_guard(F && f, char * error, size_t error
 }
 
 char * led_json_schema_to_grammar(const char * schema_json, char * error, size_t error_size) {
-    return led_guard([&] { return json_schema_to_grammar(common_json::parse(schema_json), /*force_gbnf=*/true); },
+    return led_guard([&] { return led_copy(json_schema_to_grammar(common_json::parse(schema_json), /*force_gbnf=*/true)); },
                      error, error_size);
 }
 
@@ -44,16 +46,11 @@ struct led_chat {
 };
 
 led_chat * led_chat_new(const struct llama_model * model, char * error, size_t error_size) {
-    try {
-        auto * chat = new led_chat;
+    return led_guard([&] {
+        auto chat = std::make_unique<led_chat>();  // (freed if reading the templates throws)
         chat->templates = common_chat_templates_init(model, /*chat_template_override=*/"");
-        return chat;
-    } catch (const std::exception & e) {
-        std::snprintf(error, error_size, "%s", e.what());
-    } catch (...) {
-        std::snprintf(error, error_size, "unknown error");
-    }
-    return nullptr;
+        return chat.release();
+    }, error, error_size);
 }
 
 void led_chat_free(led_chat * chat) {
@@ -88,9 +85,9 @@ char * led_chat_apply(const led_chat * chat, const char * request_json, char * e
         }
         const std::string choice = led_string(request, "tool_choice");
         inputs.tool_choice = common_chat_tool_choice_parse_oaicompat(choice.empty() ? "auto" : choice);
+        const std::map<std::string, bool> caps = common_chat_templates_get_caps(chat->templates.get());
         // as llama-server: absent, the template's own answer
-        inputs.parallel_tool_calls = led_bool(request, "parallel_tool_calls",
-                                              common_chat_templates_get_caps(chat->templates.get())["supports_parallel_tool_calls"]);
+        inputs.parallel_tool_calls = led_bool(request, "parallel_tool_calls", caps.at("supports_parallel_tool_calls"));
         inputs.enable_thinking = led_bool(request, "enable_thinking", true);
         inputs.reasoning_format = COMMON_REASONING_FORMAT_AUTO;
         inputs.add_generation_prompt = true;
@@ -118,8 +115,8 @@ char * led_chat_apply(const led_chat * chat, const char * request_json, char * e
         out["supports_thinking"] = params.supports_thinking;
         out["thinking_start_tag"] = params.thinking_start_tag;
         out["thinking_end_tags"] = params.thinking_end_tags;
-        out["caps"] = common_chat_templates_get_caps(chat->templates.get());
-        return out.dump();
+        out["caps"] = caps;
+        return led_copy(out.dump());
     }, error, error_size);
 }
 
@@ -137,7 +134,7 @@ char * led_chat_parse(const char * text, bool is_partial, const char * parser_js
         if (!parser.empty()) {
             params.parser.load(parser);
         }
-        return common_chat_parse(text, is_partial, params).to_json_oaicompat().dump();
+        return led_copy(common_chat_parse(text, is_partial, params).to_json_oaicompat().dump());
     }, error, error_size);
 }
 
