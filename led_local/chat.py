@@ -209,13 +209,18 @@ def parse(llama, rendered: Rendered, text: str, partial: bool) -> dict:
     return json.loads(llama._chat_templates().parse(rendered.lead + text, partial, rendered.parser))
 
 
+def finish_reason(reason: str | None, called: bool) -> str | None:
+    """OpenAI's finish reason: "tool_calls" for an answer that ended by itself with calls in it."""
+    return "tool_calls" if reason == "stop" and called else reason
+
+
 class Reply:
     """How one chat answer's text becomes OpenAI's assistant message, whole (`message`) or as stream deltas
     (`delta`): as it is, or parsed by common/chat when the request has tools or the template thinks."""
 
-    def __init__(self, llama, rendered: Rendered | None) -> None:
+    def __init__(self, llama, rendered: Rendered) -> None:
         self._llama, self._rendered = llama, rendered
-        self._parsed = rendered is not None and (rendered.tools or rendered.thinking)
+        self._parsed = rendered.tools or rendered.thinking
         self._text = ""
         self._sent = {"content": "", "reasoning_content": "", "calls": []}  # what deltas have handed out
         self._ids: list[str] = []

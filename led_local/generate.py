@@ -10,7 +10,6 @@ import uuid
 from typing import Iterator, Sequence
 
 from . import chat
-from .chat import Reply
 from .grammar import response_format_grammar
 from .scheduler import Delta, Job
 from .sampling import (SAMPLERS, Constraints, DoLaSampling, LEDConfig, LEDSampling, StandardSampling,
@@ -147,13 +146,13 @@ def _check_logprobs(logprobs: int | None, most: int = 20) -> int | None:
     return logprobs
 
 
-def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int | None, stop, seed: int | None,
+def prepare(llama, tokens: list[int], *, n: int = 1, max_tokens: int | None, stop, seed: int | None,
             sampler: str, trace: bool = False, logprobs: int | None = None, text_offset: int = 0,
-            echo: str = "", rendered: "chat.Rendered | None" = None, **sampling) -> tuple[Job, "Shape"]:
+            echo: str = "", rendered: chat.Rendered | None = None, **sampling) -> tuple[Job, "Shape"]:
     """A checked request, not yet submitted: the scheduler's job and the shape of its OpenAI results. Every
     setting is checked against the model here, before anything runs. `sampling`: sampler_spec's options;
     `logprobs`: hand out each token's log-probability and that many alternatives (None: none); `rendered`:
-    a chat request's template rendering (its answers are read back through chat.Reply)."""
+    a chat request's template rendering (its answers are read back through chat.Reply); None: a completion."""
     max_tokens = _check_common(max_tokens, sampler)
     logprobs = _check_logprobs(logprobs)
     spec = sampler_spec(sampler, **sampling)
@@ -165,7 +164,7 @@ def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int
     if echo and logprobs is not None:
         raise ValueError("echo with logprobs is not supported (the prompt's own logprobs are not computed); "
                          "ask for one or the other")
-    replies = [Reply(llama, rendered) for _ in range(n)] if chat else None
+    replies = [chat.Reply(llama, rendered) for _ in range(n)] if rendered is not None else None
     return job, Shape(llama.model_path, replies=replies, n=n, trace=bool(trace), usage=job.usage,
                       token_bytes=llama.token_to_bytes if logprobs is not None else None, text_offset=text_offset,
                       echo=echo)
@@ -174,7 +173,7 @@ def prepare(llama, tokens: list[int], *, chat: bool, n: int = 1, max_tokens: int
 class Shape:
     """OpenAI's shapes for one request's deltas: `text_completion` / `chat.completion` and their chunks."""
 
-    def __init__(self, model: str, *, replies: "list[Reply] | None", n: int, trace: bool, usage: dict,
+    def __init__(self, model: str, *, replies: "list[chat.Reply] | None", n: int, trace: bool, usage: dict,
                  token_bytes=None, text_offset: int = 0, echo: str = "") -> None:
         self.chat, self.n, self.trace, self.usage = replies is not None, n, trace, usage
         self.replies = replies                     # chat: how each choice's text becomes its message
@@ -213,7 +212,7 @@ class Shape:
             self._started.add(d.index)
             reply = self.replies[d.index]
             delta.update(reply.delta(d.text, final=d.finish_reason is not None))
-            reason = "tool_calls" if d.finish_reason == "stop" and reply.called else d.finish_reason
+            reason = chat.finish_reason(d.finish_reason, reply.called)
             if not delta and reason is None and not d.logprobs and not d.trace:
                 return None  # a token that moved no field of a parsed answer (within a tool call's markup)
             choice = {"index": d.index, "delta": delta, "logprobs": self._logprobs(d.index, d.logprobs),
@@ -245,8 +244,8 @@ class Shape:
         if self.chat:
             messages = [self.replies[i].message(texts[i]) for i in range(self.n)]
             choices = [{"index": i, "message": messages[i], "logprobs": self._logprobs(i, logprobs[i]),
-                        "finish_reason": "tool_calls" if reasons[i] == "stop" and "tool_calls" in messages[i]
-                        else reasons[i]} for i in range(self.n)]
+                        "finish_reason": chat.finish_reason(reasons[i], "tool_calls" in messages[i])}
+                       for i in range(self.n)]
         else:
             choices = [{"text": self.echo + texts[i], "index": i, "logprobs": self._logprobs(i, logprobs[i]),
                         "finish_reason": reasons[i]} for i in range(self.n)]
@@ -318,7 +317,7 @@ def create_completion(
     the premature layer).
     """
     tokens = completion_prompt_tokens(llama, prompt) if suffix is None else fim_prompt_tokens(llama, prompt, suffix)
-    job, shape = prepare(llama, tokens, chat=False, n=n, max_tokens=max_tokens, stop=stop, seed=seed,
+    job, shape = prepare(llama, tokens, n=n, max_tokens=max_tokens, stop=stop, seed=seed,
                          sampler=sampler, trace=trace, logprobs=logprobs,
                          text_offset=len(prompt) if isinstance(prompt, str) else 0,
                          echo=echo_text(llama, prompt, tokens) if echo else "", **_sampling(locals()))
@@ -415,7 +414,7 @@ def create_chat_completion(
     sampling = _sampling(locals())
     tokens, rendered = chat_prompt(llama, messages, tools, tool_choice, parallel_tool_calls)
     sampling["grammar"], stops = chat_constraints(rendered, grammar, response_format, stop)
-    job, shape = prepare(llama, tokens, chat=True, n=n, max_tokens=max_tokens, stop=stops, seed=seed,
+    job, shape = prepare(llama, tokens, n=n, max_tokens=max_tokens, stop=stops, seed=seed,
                          sampler=sampler, trace=trace, logprobs=chat_logprobs(logprobs, top_logprobs),
                          rendered=rendered, **sampling)
     return deliver(llama, job, shape, stream)

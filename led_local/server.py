@@ -279,7 +279,7 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         """`rendered`: a chat request's template rendering; None: a completion."""
         kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
         try:
-            job, shape = prepare(llama, tokens(), chat=rendered is not None, rendered=rendered, **kwargs)
+            job, shape = prepare(llama, tokens(), rendered=rendered, **kwargs)
         except Exception as e:
             api = _to_api_error(e)
             if api is None:

@@ -268,7 +268,7 @@ MUTANTS = [
            ("tests/test_commands.py::test_chat_reset_and_history",)),
     # --- chat templates, tool calls, reasoning (chat.py, led_common, lazy grammars) ---------------------------
     Mutant("chat: a thinking template's <think> section left in the content", "led_local/chat.py",
-           "(rendered.tools or rendered.thinking)", "(rendered.tools)",
+           "self._parsed = rendered.tools or rendered.thinking", "self._parsed = rendered.tools",
            (T_TOOLS + "test_reasoning_content_is_split_out_for_a_thinking_template",)),
     Mutant("chat: a required call not opened in the prompt", "led_local/chat.py",
            'lead = words[0] if words else ""', 'lead = ""',
