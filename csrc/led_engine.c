@@ -23,11 +23,82 @@ void led_init(bool verbose) {
     llama_backend_init();
 }
 
-struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack) {
+// ggml's RPC backend, looked up by name as llama.cpp's common does: a build without it still links
+static void * led_rpc_proc(const char * name) {
+    ggml_backend_reg_t reg = ggml_backend_reg_by_name("RPC");
+    return reg != NULL ? ggml_backend_reg_get_proc_address(reg, name) : NULL;
+}
+
+bool led_rpc_supported(void) {
+    return led_rpc_proc("ggml_backend_rpc_add_server") != NULL;
+}
+
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack,
+                                    const char * const * rpc_servers, int32_t n_rpc, const float * tensor_split) {
     struct llama_model_params params = llama_model_default_params();
     params.n_gpu_layers    = n_gpu_layers;
     params.use_extra_bufts = repack;
+    params.tensor_split    = tensor_split;
+
+    // the devices, in llama.cpp's default order: these RPC servers' devices first (fewest bytes over the
+    // network), then the local GPUs (integrated ones only when there is no discrete one). The RPC devices
+    // are handed to this model alone, not registered: a later model without rpc_servers stays local.
+    ggml_backend_dev_t devices[256];
+    size_t n_dev = 0;
+    if (n_rpc > 0) {
+        typedef ggml_backend_reg_t (*add_server_fn)(const char * endpoint);
+        add_server_fn add_server = (add_server_fn) led_rpc_proc("ggml_backend_rpc_add_server");
+        if (add_server == NULL) {
+            return NULL;
+        }
+        for (int32_t i = 0; i < n_rpc; i++) {
+            ggml_backend_reg_t reg = add_server(rpc_servers[i]);
+            for (size_t d = 0; reg != NULL && d < ggml_backend_reg_dev_count(reg) && n_dev < 128; d++) {
+                devices[n_dev++] = ggml_backend_reg_dev_get(reg, d);
+            }
+        }
+        const size_t n_remote = n_dev;
+        for (int pass = 0; pass < 2; pass++) {
+            const enum ggml_backend_dev_type type = pass == 0 ? GGML_BACKEND_DEVICE_TYPE_GPU : GGML_BACKEND_DEVICE_TYPE_IGPU;
+            if (pass == 1 && n_dev > n_remote) {
+                break;
+            }
+            for (size_t d = 0; d < ggml_backend_dev_count() && n_dev < 255; d++) {
+                ggml_backend_dev_t dev = ggml_backend_dev_get(d);
+                if (ggml_backend_dev_type(dev) == type) {
+                    devices[n_dev++] = dev;
+                }
+            }
+        }
+        devices[n_dev] = NULL;
+        params.devices = devices;
+    }
     return llama_model_load_from_file(path, params);
+}
+
+int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads) {
+    typedef void (*start_server_fn)(const char * endpoint, const char * cache_dir, size_t n_threads,
+                                    size_t n_devices, ggml_backend_dev_t * devices);
+    start_server_fn start_server = (start_server_fn) led_rpc_proc("ggml_backend_rpc_start_server");
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (start_server == NULL || cpu == NULL || n_threads <= 0) {
+        return -1;
+    }
+    // this machine's accelerators first, then its CPU, as llama.cpp's rpc-server serves them
+    ggml_backend_dev_t devices[64];
+    size_t n_dev = 0;
+    for (size_t d = 0; d < ggml_backend_dev_count() && n_dev < 63; d++) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(d);
+        enum ggml_backend_dev_type type = ggml_backend_dev_type(dev);
+        if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+            devices[n_dev++] = dev;
+        }
+    }
+    if (n_dev == 0) {
+        devices[n_dev++] = cpu;
+    }
+    start_server(endpoint, NULL, (size_t) n_threads, n_dev, devices);
+    return 0; // start_server returns only when it could not listen (it logs why)
 }
 
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,

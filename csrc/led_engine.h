@@ -22,7 +22,19 @@ void led_init(bool verbose);
 
 // NULL when the file cannot be loaded (llama.cpp logs why). repack lets the CPU backend repack weights
 // for its GEMM kernels (llama.cpp's default; a batch-invariant context wants it off).
-struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack);
+// rpc_servers: n_rpc "host:port" endpoints of ggml RPC servers whose devices take layers first (then the
+// local GPUs); tensor_split: llama.cpp's per-device proportions, or NULL. A server that cannot be reached
+// aborts inside ggml (check reachability first).
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack,
+                                    const char * const * rpc_servers, int32_t n_rpc, const float * tensor_split);
+
+// Whether this build has ggml's RPC backend.
+bool led_rpc_supported(void);
+
+// Serves this machine's devices (its GPUs, else its CPU with n_threads) to RPC clients at endpoint
+// "host:port"; blocks while serving. -1 when this build has no RPC backend or n_threads <= 0; 0 when the
+// server stopped (it could not listen: ggml logs why).
+int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads);
 
 // A context with one KV stream per sequence (n_ctx / n_seq_max cells each, llama-server's slots): a slot's
 // cells are its own and stay in position order; parallel samples get a copy of the prompt's stream

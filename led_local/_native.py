@@ -31,7 +31,10 @@ typedef struct llama_memory_i * llama_memory_t;
 
 /* csrc/led_engine.h */
 void led_init(bool verbose);
-struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack);
+struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack,
+                                    const char * const * rpc_servers, int32_t n_rpc, const float * tensor_split);
+bool led_rpc_supported(void);
+int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads);
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
                                        uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
                                        bool batch_invariant, int32_t flash_attn, int32_t pooling);
@@ -140,6 +143,8 @@ int32_t llama_n_latents(const struct llama_context * ctx);
 float * llama_get_latent_states_ith(struct llama_context * ctx, int32_t i);
 float * llama_get_latent_logits_ith(struct llama_context * ctx, int32_t i);
 int64_t llama_n_latent_head_rows(const struct llama_context * ctx);
+int32_t llama_set_adapter_cvec(struct llama_context * ctx, const float * data, size_t len, int32_t n_embd,
+                               int32_t il_start, int32_t il_end);
 """
 
 ffi = FFI()

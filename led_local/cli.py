@@ -16,6 +16,7 @@ from .commands.entropy import entropy_profile
 from .commands.eval import eval_command
 from .commands.generate import generate
 from .commands.models import models_group
+from .commands.rpc_server import rpc_server
 from .commands.serve import serve
 
 
@@ -25,7 +26,7 @@ def cli() -> None:
     """Latent Exploration Decoding for local GGUF models."""
 
 
-for command in (chat, generate, models_group, eval_command, entropy_profile, bench, serve):
+for command in (chat, generate, models_group, eval_command, entropy_profile, bench, serve, rpc_server):
     cli.add_command(command)
 
 

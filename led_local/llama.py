@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from . import _native
+from . import _native, rpc
 from ._native import ffi
 from .embedding import create_embedding, embed, model_pooling
 from .scheduler import Job, Scheduler
@@ -90,6 +90,9 @@ def check_gguf_file(path: Path) -> None:
         raise ValueError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
 
 
+MAX_DEVICES = 16  # llama_max_devices() of the pinned llama.cpp: tensor_split's length
+
+
 class Llama:
     """A GGUF model with a llama.cpp context.
 
@@ -107,6 +110,10 @@ class Llama:
     `chat_format`: chats are rendered by the GGUF's own template (None); llama-cpp-python's
     "chatml-function-calling" is taken for a ChatML template that renders tools, the same kind of prompt.
 
+    `rpc_servers` ("host:port,..." or a list): the devices of those `led-local rpc-server`s take layers first,
+    then the local GPUs (llama.cpp's order); `n_gpu_layers` counts the layers on all of them and
+    `tensor_split` gives each device's share, as in llama-cpp-python.
+
     `batch_invariant=True` makes a token's logits independent of what shares its batch (README,
     Determinism): ggml's reference CPU kernels and no weight repacking, at some cost in prompt speed.
     """
@@ -121,6 +128,8 @@ class Llama:
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
         n_gpu_layers: int = 0,
+        tensor_split: Sequence[float] | None = None,
+        rpc_servers: str | Sequence[str] | None = None,
         seed: int | None = None,
         prefix_cache: bool = True,
         batch_invariant: bool = False,
@@ -149,6 +158,12 @@ class Llama:
             "n_threads_batch", n_threads_batch if n_threads_batch is not None else self.n_threads, 1
         )
         _check_int("n_gpu_layers", n_gpu_layers, -1)
+        servers = rpc.parse_servers(rpc_servers)
+        split = None
+        if tensor_split is not None:
+            split = [float(x) for x in tensor_split]
+            if not 0 < len(split) <= MAX_DEVICES or any(not x >= 0 for x in split) or sum(split) <= 0:
+                raise ValueError(f"tensor_split takes 1 to {MAX_DEVICES} non-negative shares, not all 0; got {tensor_split!r}")
         self.batch_invariant = bool(batch_invariant)
         if flash_attn not in (None, True, False):
             raise ValueError(f"flash_attn must be None (llama.cpp's auto), True or False, got {flash_attn!r}")
@@ -169,7 +184,16 @@ class Llama:
         self.model_path = str(path)
 
         self._lib = _native.lib(verbose=self.verbose)
-        self._model = self._lib.led_model_load(str(path).encode(), n_gpu_layers, not self.batch_invariant)
+        if servers:
+            rpc.require_support(self._lib)
+            rpc.check_reachable(servers)  # ggml aborts the process on a server it cannot reach
+        endpoints = [ffi.new("char[]", e.encode()) for e in servers]
+        self.rpc_servers = servers
+        self._model = self._lib.led_model_load(
+            str(path).encode(), n_gpu_layers, not self.batch_invariant,
+            ffi.new("char *[]", endpoints) if servers else ffi.NULL, len(servers),
+            ffi.new("float[]", split + [0.0] * (MAX_DEVICES - len(split))) if split else ffi.NULL,
+        )
         if self._model == ffi.NULL:
             raise ValueError(
                 f"llama.cpp could not load {path}: the file may be truncated or damaged, or its architecture is "

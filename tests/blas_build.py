@@ -20,7 +20,8 @@ from upstream_build import cache_root, cpu_flags
 REPO = Path(__file__).resolve().parent.parent
 DEBS = ("libopenblas0-pthread", "libopenblas-pthread-dev", "libgfortran5")
 # what led_engine needs at run time, and the BLAS backend
-LIBS = ("libled_engine.so", "libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so", "libggml-blas.so")
+LIBS = ("libled_engine.so", "libllama.so", "libggml.so", "libggml-base.so", "libggml-cpu.so", "libggml-blas.so",
+        "libggml-rpc.so")
 
 
 def _key() -> str:
@@ -59,7 +60,7 @@ def ensure_blas_build() -> Path:
                     *cpu_flags()], check=True, stdout=subprocess.DEVNULL)
     # led_engine and what it links (not the common library: these tests need no chat templates)
     subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "led_engine",
-                    "ggml-blas"], check=True, stdout=subprocess.DEVNULL)
+                    "ggml-blas", "ggml-rpc"], check=True, stdout=subprocess.DEVNULL)
     lib.mkdir()
     for name in LIBS:
         (found,) = [p for p in build.rglob(name) if p.is_file()]

@@ -63,6 +63,21 @@ def test_normed_last_block_reproduces_final_logits(tiny_paths, smollm2_path):
         np.testing.assert_array_equal(r.logits[0], r.final_logits)
 
 
+def test_final_norm_read_off_the_graph_stops_at_the_last_block_state(tiny_path):
+    """A control vector on the last block is added before the block's output (`l_out`), like gemma4's
+    out_scale: it belongs to h_{L-1}, not to the final norm N. Read into N, it would be added twice."""
+    from led_local._native import ffi
+    with Llama(tiny_path, n_threads=1) as llm:
+        n, d = llm.n_layer(), llm.n_embd()
+        direction = np.random.default_rng(0).normal(0, 0.5, size=(n - 1) * d).astype(np.float32)  # blocks 1..n-1
+        assert llm._lib.llama_set_adapter_cvec(llm._ctx, ffi.from_buffer("float[]", direction), direction.size,
+                                               d, 1, n - 1) == 0
+        r = llm.latents(PROMPT, layers=[n - 1], norm=True)
+    with Llama(tiny_path, n_threads=1) as plain:
+        assert not np.allclose(plain.latents(PROMPT, layers=[n - 1], norm=True).final_logits, r.final_logits)
+    np.testing.assert_array_equal(r.logits[0], r.final_logits)
+
+
 def test_smollm2_quantized_head(smollm2_path):
     reader = gguf.GGUFReader(str(smollm2_path))
     head = next(t for t in reader.tensors if t.name == "token_embd.weight")
