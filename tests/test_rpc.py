@@ -163,3 +163,27 @@ def test_an_rpc_server_that_is_down_at_load_is_a_clear_error(smollm2_path):
         Llama(smollm2_path, rpc_servers=[f"127.0.0.1:{free_port()}"], n_gpu_layers=99)
     with Llama(smollm2_path, n_ctx=256, n_seq_max=1, n_threads=1) as llm:  # the process is still usable
         assert llm.create_completion(PROMPT, max_tokens=2, temperature=0)["choices"][0]["text"]
+
+
+def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "led_local.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_command_puts_layers_on_rpc_servers(rpc_servers, smollm2_path):
+    args = ["generate", PROMPT, "--model", str(smollm2_path), "--threads", "1", "--no-chat", "--sampler",
+            "standard", "--temperature", "0", "--max-tokens", "12"]
+    local = _cli(*args)
+    remote = _cli(*args, "--rpc", ",".join(rpc_servers))
+    assert local.returncode == 0 and remote.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout
+    down = _cli(*args, "--rpc", f"127.0.0.1:{free_port()}")
+    assert down.returncode == 2 and down.stderr.count("\n") == 1 and "cannot reach the RPC server" in down.stderr
+
+
+def test_an_rpc_server_that_cannot_listen_is_one_line_and_exit_2(rpc_servers):
+    taken = rpc_servers[0].rpartition(":")[2]
+    r = _cli("rpc-server", "--port", taken, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == (f"led-local: error: the RPC server could not listen on 127.0.0.1:{taken} "
+                                                 "(in use, or not an address of this machine)")

@@ -278,9 +278,9 @@ def _reader():
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None)
 @click.option("--hide-think", is_flag=True, help="hide <think> sections")
 @one_line_errors
-def chat(model, threads, sampling, max_tokens, n_ctx, system, seed, hide_think):
+def chat(model, threads, placement, sampling, max_tokens, n_ctx, system, seed, hide_think):
     """Chat with a model (streaming; /help lists the slash commands)."""
-    with open_model(model, threads, n_seq_max=1, n_ctx=n_ctx) as llm:
+    with open_model(model, threads, placement, n_seq_max=1, n_ctx=n_ctx) as llm:
         if llm.chat_template() is None:
             raise ValueError(f"{Path(llm.model_path).name} has no chat template; use `led-local generate --no-chat`")
         led = sampling.get("led") or LEDConfig()

@@ -13,7 +13,7 @@ from ..llama import Llama
 from ..models import ModelFetchError, UnknownModelError
 from ..sampling import LEDConfig
 
-USER_ERRORS = (FileNotFoundError, ValueError, TypeError, UnknownModelError, ModelFetchError, ChatTemplateError)
+USER_ERRORS = (FileNotFoundError, ConnectionError, ValueError, TypeError, UnknownModelError, ModelFetchError, ChatTemplateError)
 
 
 def one_line_errors(fn):
@@ -29,14 +29,28 @@ def one_line_errors(fn):
 
 
 def model_options(fn):
+    """--model, --threads, and where the layers go (--n-gpu-layers, --rpc); the command receives the last two
+    as `placement` (keyword arguments of Llama)."""
+    fn = click.option("--rpc", default=None, metavar="HOST:PORT[,...]",
+                      help="put layers on these `led-local rpc-server`s (all of them unless --n-gpu-layers)")(fn)
+    fn = click.option("--n-gpu-layers", "-ngl", default=None, type=click.IntRange(-1),
+                      help="layers on GPUs and RPC servers (-1: all; default 0, or all with --rpc)")(fn)
     fn = click.option("--threads", default=None, type=click.IntRange(1, 512), help="CPU threads (default: half the cores)")(fn)
     fn = click.option("--model", "-m", default=models.DEFAULT_MODEL, show_default=True,
                       help="registry key (`led-local models list`) or .gguf path")(fn)
-    return fn
+
+    @functools.wraps(fn)
+    def wrapper(*args, rpc, n_gpu_layers, **kwargs):
+        if n_gpu_layers is None:
+            n_gpu_layers = -1 if rpc else 0
+        kwargs["placement"] = dict(rpc_servers=rpc, n_gpu_layers=n_gpu_layers)
+        return fn(*args, **kwargs)
+    return wrapper
 
 
-def open_model(model: str, threads: int | None, n_seq_max: int = 8, n_ctx: int = 4096) -> Llama:
-    return Llama(models.path(model), n_threads=threads, n_seq_max=n_seq_max, n_ctx=n_ctx)
+def open_model(model: str, threads: int | None, placement: dict, n_seq_max: int = 8, n_ctx: int = 4096,
+               **kwargs) -> Llama:
+    return Llama(models.path(model), n_threads=threads, n_seq_max=n_seq_max, n_ctx=n_ctx, **placement, **kwargs)
 
 
 def sampler_options(fn):

@@ -42,10 +42,10 @@ def _prompts(path: str | None, limit: int) -> list[list[dict]]:
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--plot", "plot_path", default=None, help="PNG to write (default: entropy-<model>.png)")
 @one_line_errors
-def entropy_profile(model, threads, prompts, limit, max_tokens, temperature, seed, plot_path):
+def entropy_profile(model, threads, placement, prompts, limit, max_tokens, temperature, seed, plot_path):
     """Normalized entropy per block (raw and normed lens) and of the final layer, over generated tokens."""
     messages = _prompts(prompts, limit)
-    with open_model(model, threads, n_seq_max=1, n_ctx=4096) as llm:
+    with open_model(model, threads, placement, n_seq_max=1, n_ctx=4096) as llm:
         prof = diagnostics.entropy_profile(llm, messages, max_tokens=max_tokens, temperature=temperature, seed=seed)
         name = Path(llm.model_path).stem
     click.echo(f"{name}: {prof.tokens} generated tokens, T={temperature}; final layer {prof.final:.4f} "

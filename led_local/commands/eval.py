@@ -50,7 +50,7 @@ def _int_list(value: str, name: str) -> list[int]:
 @click.option("--out", "out_dir", default=None, help="output folder (default: eval-<dataset>-<model>)")
 @click.option("--report", "report_dir", default=None, help="recompute the figures of a finished or partial run")
 @one_line_errors
-def eval_command(dataset, model, threads, sampler, compare, n, ks, limit, max_tokens, temperature, led_d, led_k,
+def eval_command(dataset, model, threads, placement, sampler, compare, n, ks, limit, max_tokens, temperature, led_d, led_k,
                  latent_norm, dola_layers, seed, out_dir, report_dir):
     """Sample every problem n times per sampler and report pass@k (Chen et al. 2021)."""
     k_list = _int_list(ks, "--k")
@@ -74,7 +74,7 @@ def eval_command(dataset, model, threads, sampler, compare, n, ks, limit, max_to
 
     from tqdm import tqdm
 
-    with open_model(model, threads, n_seq_max=n, n_ctx=n * (1024 + max_tokens)) as llm:  # per sample
+    with open_model(model, threads, placement, n_seq_max=n, n_ctx=n * (1024 + max_tokens)) as llm:  # per sample
         total = len(problems) * n * len(samplers)
         plans = []
         for label in samplers:

@@ -20,12 +20,12 @@ from .common import model_options, one_line_errors, open_model, sampler_options
 @click.option("--seed", default=None, type=click.IntRange(0, 2**32 - 1))
 @click.option("--json", "as_json", is_flag=True, help="print the OpenAI-shaped result as JSON")
 @one_line_errors
-def generate(prompt, model, threads, sampling, chat, n, max_tokens, seed, as_json):
+def generate(prompt, model, threads, placement, sampling, chat, n, max_tokens, seed, as_json):
     """Generate a reply to PROMPT (`-` reads it from stdin)."""
     if prompt == "-":
         prompt = sys.stdin.read()
     kwargs = dict(max_tokens=max_tokens, seed=seed, n=n, **sampling)
-    with open_model(model, threads, n_seq_max=n, n_ctx=n * max(4096, 1024 + max_tokens)) as llm:  # per sample
+    with open_model(model, threads, placement, n_seq_max=n, n_ctx=n * max(4096, 1024 + max_tokens)) as llm:  # per sample
         def run(**extra):
             if chat:
                 return llm.create_chat_completion([{"role": "user", "content": prompt}], **kwargs, **extra)

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-from .. import models
-from ..llama import Llama
-from .common import model_options, one_line_errors
+from .common import model_options, one_line_errors, open_model
 
 
 @click.command()
@@ -30,7 +28,7 @@ from .common import model_options, one_line_errors
 @click.option("--batch-invariant", is_flag=True,
               help="a seeded request gives the same tokens whatever it was batched with (CPU; slower prompts)")
 @one_line_errors
-def serve(model, threads, host, port, api_key, n_ctx, parallel, max_n, max_tokens_limit, max_queue, no_prefix_cache,
+def serve(model, threads, placement, host, port, api_key, n_ctx, parallel, max_n, max_tokens_limit, max_queue, no_prefix_cache,
           embedding, batch_invariant):
     """Serve /v1/models, /v1/completions and /v1/chat/completions (with LED and DoLa fields)."""
     import uvicorn
@@ -40,8 +38,8 @@ def serve(model, threads, host, port, api_key, n_ctx, parallel, max_n, max_token
     max_n = max_n or parallel
     if max_n > parallel:
         raise ValueError(f"--max-n {max_n} exceeds --parallel {parallel}: a request's samples each need a slot")
-    with Llama(models.path(model), n_threads=threads, n_seq_max=parallel, n_ctx=n_ctx,
-               prefix_cache=not no_prefix_cache, batch_invariant=batch_invariant, embedding=embedding) as llm:
+    with open_model(model, threads, placement, n_seq_max=parallel, n_ctx=n_ctx, prefix_cache=not no_prefix_cache,
+                    batch_invariant=batch_invariant, embedding=embedding) as llm:
         model_id = model if "/" not in model and not model.endswith(".gguf") else Path(llm.model_path).stem
         app = create_app(llm, model_id, api_key=api_key,
                          limits=Limits(max_n=max_n, max_tokens=max_tokens_limit, max_queue=max_queue))
