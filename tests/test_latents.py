@@ -78,6 +78,20 @@ def test_final_norm_read_off_the_graph_stops_at_the_last_block_state(tiny_path):
     np.testing.assert_array_equal(r.logits[0], r.final_logits)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_q6k_head_over_several_rows_equals_it_row_by_row(qwen15_path, threads):
+    """Qwen2.5-Coder-1.5B's head is Q6_K: over LED's 7 latent rows the CPU backend unpacks each weight block
+    once for all of them (patch 0003); over one row it runs the per-row dot product. Same bits."""
+    # no prefix cache: both readouts evaluate the whole prompt in one batch, so the states are the same bits
+    with Llama(qwen15_path, n_threads=threads, n_ctx=512, n_seq_max=1, prefix_cache=False) as llm:
+        layers = llm.default_latent_layers(8)
+        together = llm.latents(PROMPT, layers=layers)
+        for i, layer in enumerate(layers):
+            alone = llm.latents(PROMPT, layers=[layer])
+            np.testing.assert_array_equal(alone.hidden[0], together.hidden[i])
+            np.testing.assert_array_equal(alone.logits[0], together.logits[i])
+
+
 def test_smollm2_quantized_head(smollm2_path):
     reader = gguf.GGUFReader(str(smollm2_path))
     head = next(t for t in reader.tensors if t.name == "token_embd.weight")
