@@ -33,6 +33,12 @@ bool led_rpc_supported(void) {
     return led_rpc_proc("ggml_backend_rpc_add_server") != NULL;
 }
 
+bool led_rpc_failed(void) {
+    typedef bool (*failed_fn)(void);
+    failed_fn failed = (failed_fn) led_rpc_proc("ggml_backend_rpc_failed");
+    return failed != NULL && failed();
+}
+
 struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack,
                                     const char * const * rpc_servers, int32_t n_rpc, const float * tensor_split) {
     struct llama_model_params params = llama_model_default_params();

@@ -4,9 +4,10 @@ from .chat import ChatTemplateError
 from .grammar import LlamaGrammar
 from .led import LEDStep, led_sample, led_step
 from .llama import DecodeError, LatentReadout, Llama, LlamaState
+from .rpc import RPCServerLost
 from .sampling import LEDConfig
 
 __version__ = "0.1.0"
 
 __all__ = ["Llama", "LatentReadout", "LEDConfig", "LEDStep", "led_step", "led_sample", "DecodeError",
-           "ChatTemplateError", "LlamaGrammar", "LlamaState", "__version__"]
+           "ChatTemplateError", "LlamaGrammar", "LlamaState", "RPCServerLost", "__version__"]

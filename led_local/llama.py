@@ -144,6 +144,8 @@ class Llama:
         self._batch = ffi.NULL
         self._chat = None
         self._lock = threading.RLock()
+        self.rpc_servers: list[str] = []
+        self._rpc_lost = False
 
         path = Path(model_path)
         self._n_ctx = _check_int("n_ctx", n_ctx, 16)
@@ -268,6 +270,9 @@ class Llama:
     def _check_open(self) -> None:
         if self._ctx == ffi.NULL:
             raise RuntimeError("this Llama has been closed")
+        if self._rpc_lost:
+            raise rpc.RPCServerLost(f"an RPC server of this model ({', '.join(self.rpc_servers)}) stopped answering; "
+                                    "close this Llama and open a new one")
 
     # --- model facts ----------------------------------------------------------------------------------
 
@@ -439,6 +444,15 @@ class Llama:
                 if out:
                     outputs.append(idx)
             rc = lib.led_decode(self._ctx, self._batch)
+            if self.rpc_servers:
+                # a dead server no longer aborts the process (patch 0004): its graph compute fails, or its
+                # copies read as zeros; after a synchronize the backend says which
+                lib.llama_synchronize(self._ctx)
+                if lib.led_rpc_failed():
+                    self._rpc_lost = True
+                    raise rpc.RPCServerLost(
+                        f"an RPC server of this model ({', '.join(self.rpc_servers)}) stopped answering; this Llama "
+                        "cannot continue: close it and open a new one (on live servers, or local)")
             if rc != 0:
                 reason = {1: "no free KV cells (the context window is full)", 2: "aborted"}.get(rc, f"error {rc}")
                 raise DecodeError(f"llama_decode failed: {reason}")

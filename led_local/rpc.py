@@ -17,6 +17,11 @@ from . import _native
 DEFAULT_PORT = 50052
 
 
+class RPCServerLost(ConnectionError):
+    """An RPC server holding this model's layers stopped answering mid-run. The Llama cannot go on (its
+    layers and cache there are gone): close it and open a new one; the process itself stays usable."""
+
+
 def parse_servers(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
     """The endpoints of llama-cpp-python's `rpc_servers` ("host:port,host:port") or a list of them, checked
     for form before anything connects (ValueError)."""

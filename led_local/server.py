@@ -192,6 +192,8 @@ class Limits:
 def _to_api_error(e: BaseException) -> ApiError | None:
     if isinstance(e, (ValueError, TypeError)):
         return ApiError(str(e), getattr(e, "param", None))
+    if isinstance(e, ConnectionError):  # an RPC server holding layers stopped answering (rpc.RPCServerLost)
+        return ApiError(str(e), status=503, kind="server_error", code="rpc_server_lost")
     return None
 
 
@@ -291,7 +293,10 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         shape.head["model"] = model_id
 
         if not body.stream:
-            deltas = [d async for d in driver.deltas(job)]
+            try:
+                deltas = [d async for d in driver.deltas(job)]
+            except ConnectionError as e:
+                raise _to_api_error(e) from None
             return shape.response(deltas)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

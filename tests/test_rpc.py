@@ -187,3 +187,47 @@ def test_an_rpc_server_that_cannot_listen_is_one_line_and_exit_2(rpc_servers):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == (f"led-local: error: the RPC server could not listen on 127.0.0.1:{taken} "
                                                  "(in use, or not an address of this machine)")
+
+
+def test_a_server_that_dies_mid_generation_is_a_clear_error_and_the_process_goes_on(smollm2_path):
+    from led_local import RPCServerLost
+
+    proc, endpoint = _start_rpc_server()
+    try:
+        llm = Llama(smollm2_path, n_ctx=512, n_seq_max=1, n_threads=1, rpc_servers=[endpoint], n_gpu_layers=-1)
+        stream = llm.create_completion(PROMPT, max_tokens=400, temperature=0, stop=[], stream=True)
+        next(stream)
+        next(stream)
+        proc.kill()
+        proc.wait(timeout=10)
+        with pytest.raises(RPCServerLost, match="stopped answering"):
+            for _ in stream:
+                pass
+        with pytest.raises(RPCServerLost, match="open a new one"):
+            llm.create_completion(PROMPT, max_tokens=2)
+        llm.close()
+    finally:
+        proc.kill()
+    with Llama(smollm2_path, n_ctx=256, n_seq_max=1, n_threads=1) as local:
+        assert local.create_completion(PROMPT, max_tokens=2, temperature=0)["choices"][0]["text"]
+
+
+def test_the_server_answers_503_when_its_rpc_server_is_gone(smollm2_path):
+    import httpx
+
+    from serving import start_server
+
+    rpc_proc, endpoint = _start_rpc_server()
+    server, base = start_server(smollm2_path, "--rpc", endpoint)
+    try:
+        rpc_proc.kill()
+        rpc_proc.wait(timeout=10)
+        for _ in range(2):  # the request that meets the loss, then one on the lost model
+            r = httpx.post(f"{base}/completions", json={"prompt": PROMPT, "max_tokens": 8}, timeout=120)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "rpc_server_lost"
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        rpc_proc.kill()
