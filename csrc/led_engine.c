@@ -33,10 +33,10 @@ bool led_rpc_supported(void) {
     return led_rpc_proc("ggml_backend_rpc_add_server") != NULL;
 }
 
-bool led_rpc_failed(void) {
-    typedef bool (*failed_fn)(void);
+bool led_rpc_failed(const char * endpoint) {
+    typedef bool (*failed_fn)(const char * endpoint);
     failed_fn failed = (failed_fn) led_rpc_proc("ggml_backend_rpc_failed");
-    return failed != NULL && failed();
+    return failed != NULL && failed(endpoint);
 }
 
 struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack,

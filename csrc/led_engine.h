@@ -31,9 +31,9 @@ struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, boo
 // Whether this build has ggml's RPC backend.
 bool led_rpc_supported(void);
 
-// Whether an RPC server has stopped answering since the process started (patch 0004: its graph computes
-// then fail instead of aborting the process). Synchronize the context first.
-bool led_rpc_failed(void);
+// Whether the RPC server at endpoint stopped answering on its current connection (patch 0004: its graph
+// computes then fail instead of aborting the process). Synchronize the context first.
+bool led_rpc_failed(const char * endpoint);
 
 // Serves this machine's devices (its GPUs, else its CPU with n_threads) to RPC clients at endpoint
 // "host:port"; blocks while serving. -1 when this build has no RPC backend or n_threads <= 0; 0 when the

@@ -34,7 +34,7 @@ void led_init(bool verbose);
 struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, bool repack,
                                     const char * const * rpc_servers, int32_t n_rpc, const float * tensor_split);
 bool led_rpc_supported(void);
-bool led_rpc_failed(void);
+bool led_rpc_failed(const char * endpoint);
 void llama_synchronize(struct llama_context * ctx);
 int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads);
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,

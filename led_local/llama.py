@@ -271,8 +271,7 @@ class Llama:
         if self._ctx == ffi.NULL:
             raise RuntimeError("this Llama has been closed")
         if self._rpc_lost:
-            raise rpc.RPCServerLost(f"an RPC server of this model ({', '.join(self.rpc_servers)}) stopped answering; "
-                                    "close this Llama and open a new one")
+            raise rpc.RPCServerLost("an RPC server of this model stopped answering; close this Llama and open a new one")
 
     # --- model facts ----------------------------------------------------------------------------------
 
@@ -448,11 +447,12 @@ class Llama:
                 # a dead server no longer aborts the process (patch 0004): its graph compute fails, or its
                 # copies read as zeros; after a synchronize the backend says which
                 lib.llama_synchronize(self._ctx)
-                if lib.led_rpc_failed():
+                lost = [e for e in self.rpc_servers if lib.led_rpc_failed(e.encode())]
+                if lost:
                     self._rpc_lost = True
                     raise rpc.RPCServerLost(
-                        f"an RPC server of this model ({', '.join(self.rpc_servers)}) stopped answering; this Llama "
-                        "cannot continue: close it and open a new one (on live servers, or local)")
+                        f"the RPC server at {', '.join(lost)} stopped answering; this Llama cannot continue: close "
+                        "it and open a new one (on live servers, or local)")
             if rc != 0:
                 reason = {1: "no free KV cells (the context window is full)", 2: "aborted"}.get(rc, f"error {rc}")
                 raise DecodeError(f"llama_decode failed: {reason}")
