@@ -4,7 +4,9 @@ readout off and on, when the blocks are split between the local CPU and the serv
 
     python bench/bench_rpc.py [--model qwen2.5-coder-1.5b] [--tokens 48] [--rounds 2]
 
-The server runs in its own process with 1 thread, the client with 1 thread; they share this machine's cores
+The server holds the LM head in the split run, so every token's logits cross the wire, and on LED's
+exploring steps the latent logits of its 7 rows too (the on-demand head runs where the head lives; LED's
+math runs on the host). The server runs in its own process with 1 thread, the client with 1 thread; they share this machine's cores
 and memory, so loopback RPC here shows the protocol's overhead, not a network's. Bytes are counted by a small
 TCP relay between client and server. Greedy decoding; decode rate = (tokens - 1) / (time - one-token time).
 Writes bench/results/rpc-<model>.json.
@@ -52,13 +54,22 @@ class Relay:
                 threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
-        while data := src.recv(1 << 20):
-            with self._lock:
-                if up:
-                    self.sent += len(data)
-                else:
-                    self.received += len(data)
-            dst.sendall(data)
+        try:
+            while data := src.recv(1 << 20):
+                with self._lock:
+                    if up:
+                        self.sent += len(data)
+                    else:
+                        self.received += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:  # one side closed: close the other (rpc-server serves one connection at a time)
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def total(self) -> int:
         with self._lock:
@@ -110,7 +121,8 @@ def main() -> None:
                 print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} tok/s" for k, v in rates.items()), flush=True)
         med = {k: statistics.median(v) for k, v in rates.items()}
 
-        # bytes per token, blocks split: the first half local, the second half on the server, head local
+        # bytes per token, blocks split: llama.cpp's n_gpu_layers counts the head as one more layer, so half
+        # of n_layer puts the upper blocks and the head on the server, the rest local
         traffic = {}
         with Llama(path, n_ctx=1024, n_seq_max=1, n_threads=1, rpc_servers=[endpoint]) as probe:
             n_layer = probe.n_layer()
@@ -128,7 +140,8 @@ def main() -> None:
                 traffic[kind] = (relay.total() - before - one) / max(n - 1, 1)
         out = {"model": a.model, "threads": "1 client + 1 server", "tokens": a.tokens, "rounds": a.rounds,
                "median_tok_s": med, "rpc_over_local": med["rpc_all_layers"] / med["local"],
-               "split_layers": f"{n_layer - n_layer // 2} local, {n_layer // 2} on the server",
+               "split_layers": f"blocks 0-{n_layer - n_layer // 2} local, {n_layer - n_layer // 2 + 1}-{n_layer - 1} "
+                               "and the LM head on the server",
                "bytes_per_token": traffic,
                "latent_bytes_per_token": traffic["led_readout"] - traffic["standard"], "tok_s": rates}
         print(json.dumps({k: v for k, v in out.items() if k != "tok_s"}, indent=2))
