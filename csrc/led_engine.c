@@ -82,14 +82,17 @@ struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, boo
     return llama_model_load_from_file(path, params);
 }
 
-int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads) {
+int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads, uint64_t mem_bytes) {
     typedef void (*start_server_fn)(const char * endpoint, const char * cache_dir, size_t n_threads,
                                     size_t n_devices, ggml_backend_dev_t * devices);
+    typedef void (*set_memory_fn)(size_t bytes);
     start_server_fn start_server = (start_server_fn) led_rpc_proc("ggml_backend_rpc_start_server");
+    set_memory_fn set_memory = (set_memory_fn) led_rpc_proc("ggml_backend_rpc_server_set_memory");
     ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    if (start_server == NULL || cpu == NULL || n_threads <= 0) {
+    if (start_server == NULL || set_memory == NULL || cpu == NULL || n_threads <= 0) {
         return -1;
     }
+    set_memory((size_t) mem_bytes);
     // this machine's accelerators first, then its CPU, as llama.cpp's rpc-server serves them
     ggml_backend_dev_t devices[64];
     size_t n_dev = 0;

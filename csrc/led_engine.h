@@ -36,9 +36,10 @@ bool led_rpc_supported(void);
 bool led_rpc_failed(const char * endpoint);
 
 // Serves this machine's devices (its GPUs, else its CPU with n_threads) to RPC clients at endpoint
-// "host:port"; blocks while serving. -1 when this build has no RPC backend or n_threads <= 0; 0 when the
-// server stopped (it could not listen: ggml logs why).
-int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads);
+// "host:port"; blocks while serving. mem_bytes > 0: the memory each device reports to clients (which
+// split layers by it; patch 0004), 0: what the device has. -1 when this build has no RPC backend or
+// n_threads <= 0; 0 when the server stopped (it could not listen: ggml logs why).
+int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads, uint64_t mem_bytes);
 
 // A context with one KV stream per sequence (n_ctx / n_seq_max cells each, llama-server's slots): a slot's
 // cells are its own and stay in position order; parallel samples get a copy of the prompt's stream

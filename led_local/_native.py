@@ -36,7 +36,7 @@ struct llama_model * led_model_load(const char * path, int32_t n_gpu_layers, boo
 bool led_rpc_supported(void);
 bool led_rpc_failed(const char * endpoint);
 void llama_synchronize(struct llama_context * ctx);
-int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads);
+int32_t led_rpc_server_run(const char * endpoint, int32_t n_threads, uint64_t mem_bytes);
 struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ctx, uint32_t n_batch,
                                        uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
                                        bool batch_invariant, int32_t flash_attn, int32_t pooling);

@@ -59,12 +59,14 @@ def require_support(lib) -> None:
         raise RuntimeError("this build of led-local has no RPC backend; reinstall without CMAKE_ARGS=-DGGML_RPC=OFF")
 
 
-def serve(host: str, port: int, threads: int, verbose: bool = False) -> None:
-    """Serve this machine's devices at host:port until the process is stopped (Ctrl-C or SIGTERM)."""
+def serve(host: str, port: int, threads: int, mem_mb: int | None = None, verbose: bool = False) -> None:
+    """Serve this machine's devices at host:port until the process is stopped (Ctrl-C or SIGTERM). mem_mb:
+    the memory each device reports to clients, which split layers across devices by it (default: what it
+    has)."""
     lib = _native.lib(verbose=verbose)
     require_support(lib)
     # the C call blocks for good: let Ctrl-C end the process instead of waiting for Python's handler
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    if lib.led_rpc_server_run(f"{host}:{port}".encode(), threads) != 0:
+    if lib.led_rpc_server_run(f"{host}:{port}".encode(), threads, (mem_mb or 0) << 20) != 0:
         raise RuntimeError("the RPC server could not start")
     raise OSError(f"the RPC server could not listen on {host}:{port} (in use, or not an address of this machine)")

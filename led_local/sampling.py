@@ -319,7 +319,8 @@ class LEDSampling:
     free_native = staticmethod(_free_llama_sampler)
 
     def sample(self, llama, handle, row: int) -> int:
-        return _checked_token(llama._lib.led_sampler_sample(handle, llama._ctx, row), "latent logits")
+        return _checked_token(llama._lib.led_sampler_sample(handle, llama._ctx, row),
+                              "latent logits: this model's graph offers no latent readout")
 
     def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
         """Under the distribution LED drew the token from at this step (the explore mixture P_{m*} or the
@@ -400,7 +401,8 @@ class DoLaSampling:
     free_native = staticmethod(_free_llama_sampler)
 
     def sample(self, llama, handle, row: int) -> int:
-        return _checked_token(llama._lib.dola_sampler_sample(handle, llama._ctx, row), "premature-layer logits")
+        return _checked_token(llama._lib.dola_sampler_sample(handle, llama._ctx, row),
+                              "premature-layer logits: this model's graph offers no latent readout")
 
     def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
         return final_logprobs(llama, row, token, top)  # the model's own distribution, as for standard

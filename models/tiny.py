@@ -191,6 +191,81 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     return path
 
 
+def write_tiny_gemma3n(path: str | Path, n_layer: int = 4, n_embd: int = 64, n_head: int = 4, n_head_kv: int = 2,
+                       n_ff: int = 128, seed: int = 0, scale: float = 0.5) -> Path:
+    """A tiny Gemma-3n: its blocks carry 4 parallel streams (AltUp), so every block's output `l_out` is a 3-D
+    [n_embd, tokens, 4] tensor, not the [n_embd, tokens] state LED reads. Tests that the latent readout
+    refuses such a graph with a message instead of failing inside ggml. llama.cpp's defaults for AltUp (4
+    streams), LAuReL (rank 64) and the per-layer inputs (256 wide) are its hyperparameters."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    tokens, types = vocabulary(False)
+    n_vocab, head_dim = len(tokens), n_embd // n_head
+    n_altup, laurel_rank, n_embd_altup = 4, 64, 256
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale / np.sqrt(shape[-1])).astype(np.float32)
+
+    def norm_weight(n: int = n_embd) -> np.ndarray:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    arch = "gemma3n"
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_name("tiny-gemma3n")
+    writer.add_context_length(2048)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_uint32(f"{arch}.attention.sliding_window", 512)
+    writer.add_uint32(f"{arch}.embedding_length_per_layer_input", n_embd_altup)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(MERGES)
+    writer.add_bos_token_id(tokens.index("<|endoftext|>"))
+    writer.add_eos_token_id(tokens.index("<|im_end|>"))
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+    writer.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, n_embd)).astype(np.float32))
+    writer.add_tensor("altup_proj.weight", w(n_altup - 1, n_embd, n_embd))
+    writer.add_tensor("altup_unembd_proj.weight", w(n_altup - 1, n_embd, n_embd))
+    writer.add_tensor("per_layer_token_embd.weight", w(n_vocab, n_embd_altup * n_layer))
+    writer.add_tensor("per_layer_model_proj.weight", w(n_embd_altup * n_layer, n_embd))
+    writer.add_tensor("per_layer_proj_norm.weight", norm_weight(n_embd_altup))
+    writer.add_tensor("output_norm.weight", norm_weight())
+    kv = n_head_kv * head_dim
+    for il in range(n_layer):
+        block = {
+            "attn_norm": norm_weight(), "attn_q": w(n_head * head_dim, n_embd), "attn_k": w(kv, n_embd),
+            "attn_v": w(kv, n_embd), "attn_output": w(n_embd, n_head * head_dim),
+            "attn_q_norm": norm_weight(head_dim), "attn_k_norm": norm_weight(head_dim),
+            "post_attention_norm": norm_weight(), "ffn_norm": norm_weight(), "ffn_gate": w(n_ff, n_embd),
+            "ffn_up": w(n_ff, n_embd), "ffn_down": w(n_embd, n_ff), "post_ffw_norm": norm_weight(),
+            "inp_gate": w(n_embd_altup, n_embd), "proj": w(n_embd, n_embd_altup), "post_norm": norm_weight(),
+            "altup_correct_coef": w(n_altup, n_altup), "altup_correct_scale": norm_weight(),
+            "altup_predict_coef": w(n_altup * n_altup, n_altup), "altup_router": w(n_altup, n_embd),
+            "altup_router_norm": norm_weight(), "laurel_l": w(laurel_rank, n_embd), "laurel_r": w(n_embd, laurel_rank),
+            "laurel_post_norm": norm_weight(),
+        }
+        for name, tensor in block.items():
+            writer.add_tensor(f"blk.{il}.{name}.weight", tensor)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")

@@ -302,6 +302,8 @@ MUTANTS = [
     Mutant("rpc: the server's 503 for a lost RPC server", "led_local/server.py",
            "    if isinstance(e, ConnectionError):", "    if False:",
            ("tests/test_rpc.py::test_the_server_answers_503_when_its_rpc_server_is_gone",)),
+    Mutant("rpc: rpc-server --mem not passed to the server", "led_local/rpc.py", "threads, (mem_mb or 0) << 20)",
+           "threads, 0)", ("tests/test_rpc.py::test_rpc_server_mem_sets_how_layers_are_split",)),
     Mutant("models: a fetched file's sha256 not checked", "led_local/models.py",
            "if partial.stat().st_size != e.size or _sha256(partial) != e.sha256:",
            "if partial.stat().st_size != e.size:", ("tests/test_models.py",)),

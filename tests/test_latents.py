@@ -78,6 +78,22 @@ def test_final_norm_read_off_the_graph_stops_at_the_last_block_state(tiny_path):
     np.testing.assert_array_equal(r.logits[0], r.final_logits)
 
 
+def test_a_3d_state_architecture_is_refused_with_a_clear_error(tmp_path):
+    """Gemma-3n's blocks output [n_embd, tokens, 4] (one state per AltUp stream): the readout refuses the
+    graph (ggml would assert in ggml_get_rows); the model still generates, latents() says why, and so does
+    LED at its first exploring step (T=1.5: at once here)."""
+    from tiny import write_tiny_gemma3n
+
+    with Llama(write_tiny_gemma3n(tmp_path / "gemma3n.gguf"), n_threads=1, n_ctx=256, n_seq_max=1) as llm:
+        assert llm.create_completion(PROMPT, max_tokens=3, temperature=0)["usage"]["completion_tokens"] == 3
+        with pytest.raises(RuntimeError, match="offers no latent readout"):
+            llm.latents(PROMPT, layers=[1, 2])
+        with pytest.raises(RuntimeError, match="offers no latent readout"):
+            llm.create_completion(PROMPT, max_tokens=8, temperature=1.5, seed=1, sampler="led",
+                                  led={"d": 3, "think_only": False})
+        assert llm.create_completion(PROMPT, max_tokens=2, temperature=0)["choices"][0]["text"] is not None
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_q6k_head_over_several_rows_equals_it_row_by_row(qwen15_path, threads):
     """Qwen2.5-Coder-1.5B's head is Q6_K: over LED's 7 latent rows the CPU backend unpacks each weight block

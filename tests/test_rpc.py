@@ -27,9 +27,9 @@ from serving import free_port
 PROMPT = "The capital of France is"
 
 
-def _start_rpc_server() -> tuple[subprocess.Popen, str]:
+def _start_rpc_server(*args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "rpc-server", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "rpc-server", "--port", str(port), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -231,3 +231,28 @@ def test_the_server_answers_503_when_its_rpc_server_is_gone(smollm2_path):
         server.terminate()
         server.wait(timeout=30)
         rpc_proc.kill()
+
+
+SPLIT_SCRIPT = r'''
+import sys
+from led_local import Llama
+with Llama(sys.argv[1], n_ctx=256, n_seq_max=1, n_threads=1, rpc_servers=sys.argv[2:], n_gpu_layers=-1, verbose=True):
+    pass
+'''
+
+
+def test_rpc_server_mem_sets_how_layers_are_split(smollm2_path):
+    """llama.cpp splits layers across devices by the free memory they report: `--mem 64` beside `--mem 192`
+    gets a quarter of smollm2's 30 blocks (7.5 x 2.25 MiB) and the other server the rest and the head
+    (24.6 MiB): 18 % of the weights. Reporting the machine's memory on both would give the first 37 %."""
+    servers = [_start_rpc_server("--mem", mb) for mb in ("64", "192")]
+    try:
+        r = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, str(smollm2_path), *[e for _, e in servers]],
+                           capture_output=True, text=True, timeout=300)
+    finally:
+        for proc, _ in servers:
+            proc.kill()
+    assert r.returncode == 0, r.stderr[-3000:]
+    sizes = {e: float(mb) for e, mb in re.findall(r"RPC\d+\[([\d.:]+)\] model buffer size =\s*([\d.]+) MiB", r.stderr)}
+    small, large = (sizes[e] for _, e in servers)
+    assert 0.12 < small / (small + large) < 0.25, sizes
