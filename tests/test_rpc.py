@@ -105,9 +105,9 @@ def test_growing_latent_rows_while_rpc_copies_are_in_flight_are_clean_under_asan
 
 
 def test_a_model_split_across_two_servers_and_the_cpu_matches_the_local_run(rpc_servers, smollm2_path):
-    """smollm2 (30 blocks): blocks 0-9 local, 10-29 split between two servers, the head local. Greedy
-    tokens, latent states and logits (blocks on every device, with the final norm), LED and four parallel
-    LED samples equal the local run's."""
+    """smollm2 (30 blocks), n_gpu_layers=20 (llama.cpp counts the head as a layer): blocks 0-10 local,
+    11-29 and the head split between two servers. Greedy tokens, latent states and logits (blocks on every
+    device, the head remote, with the final norm), LED and four parallel LED samples equal the local run's."""
     layers = [4, 12, 22, 29]
     runs = {}
     for name, kwargs in {"local": {}, "split": dict(rpc_servers=rpc_servers, n_gpu_layers=20,
