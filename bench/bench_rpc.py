@@ -18,22 +18,19 @@ import argparse
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 from led_local import Llama, models
 
-from _results import save_result
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from _results import save_result  # noqa: E402
+from serving import free_port, start_rpc_server  # noqa: E402
 
 PROMPT = "Explain in detail how a hash map works and when to use one."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Relay:
@@ -76,19 +73,6 @@ class Relay:
             return self.sent + self.received
 
 
-def start_server() -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "rpc-server", "--port", str(port), "--threads", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("rpc-server did not start")
-
-
 def decode_rate(llm: Llama, tokens: int, **kwargs) -> float:
     def timed(n):
         t = time.perf_counter()
@@ -106,8 +90,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     a = ap.parse_args()
     path = models.path(a.model)
-    proc, port = start_server()
-    relay = Relay(port)
+    proc, server = start_rpc_server("--threads", "1")
+    relay = Relay(int(server.rpartition(":")[2]))
     endpoint = f"127.0.0.1:{relay.port}"
     try:
         rates = {"local": [], "rpc_all_layers": []}

@@ -1,4 +1,5 @@
-"""`led-local serve` started for a test: a free loopback port, the process, and its base URL once it answers."""
+"""`led-local serve` and `led-local rpc-server` started for a test or a bench: a free loopback port, the
+process, and its address once it answers."""
 
 from __future__ import annotations
 
@@ -31,3 +32,20 @@ def start_server(model, *args: str, threads: int = 1, timeout: float = 60) -> tu
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.1)
     raise RuntimeError("the server did not start")
+
+
+def start_rpc_server(*args: str, timeout: float = 30) -> tuple[subprocess.Popen, str]:
+    """`led-local rpc-server` on a free loopback port: the process and its "127.0.0.1:port" once it accepts."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "rpc-server", "--port", str(port), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"127.0.0.1:{port}"
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the RPC server did not start")

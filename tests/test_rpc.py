@@ -13,39 +13,21 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 from led_local import Llama
-from serving import free_port
+from serving import free_port, start_rpc_server, start_server
 
 PROMPT = "The capital of France is"
 
 
-def _start_rpc_server(*args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "rpc-server", "--port", str(port), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the RPC server did not start")
-
-
 @pytest.fixture(scope="module")
 def rpc_servers():
-    started = [_start_rpc_server() for _ in range(2)]
+    started = [start_rpc_server() for _ in range(2)]
     yield [endpoint for _, endpoint in started]
     for proc, _ in started:
         proc.terminate()
@@ -192,7 +174,7 @@ def test_an_rpc_server_that_cannot_listen_is_one_line_and_exit_2(rpc_servers):
 def test_a_server_that_dies_mid_generation_is_a_clear_error_and_the_process_goes_on(smollm2_path):
     from led_local import RPCServerLost
 
-    proc, endpoint = _start_rpc_server()
+    proc, endpoint = start_rpc_server()
     try:
         llm = Llama(smollm2_path, n_ctx=512, n_seq_max=1, n_threads=1, rpc_servers=[endpoint], n_gpu_layers=-1)
         stream = llm.create_completion(PROMPT, max_tokens=400, temperature=0, stop=[], stream=True)
@@ -215,9 +197,7 @@ def test_a_server_that_dies_mid_generation_is_a_clear_error_and_the_process_goes
 def test_the_server_answers_503_when_its_rpc_server_is_gone(smollm2_path):
     import httpx
 
-    from serving import start_server
-
-    rpc_proc, endpoint = _start_rpc_server()
+    rpc_proc, endpoint = start_rpc_server()
     server, base = start_server(smollm2_path, "--rpc", endpoint)
     try:
         rpc_proc.kill()
@@ -245,7 +225,7 @@ def test_rpc_server_mem_sets_how_layers_are_split(smollm2_path):
     """llama.cpp splits layers across devices by the free memory they report: `--mem 64` beside `--mem 192`
     gets a quarter of smollm2's 30 blocks (7.5 x 2.25 MiB) and the other server the rest and the head
     (24.6 MiB): 18 % of the weights. Reporting the machine's memory on both would give the first 37 %."""
-    servers = [_start_rpc_server("--mem", mb) for mb in ("64", "192")]
+    servers = [start_rpc_server("--mem", mb) for mb in ("64", "192")]
     try:
         r = subprocess.run([sys.executable, "-c", SPLIT_SCRIPT, str(smollm2_path), *[e for _, e in servers]],
                            capture_output=True, text=True, timeout=300)
