@@ -147,6 +147,15 @@ float * llama_get_latent_logits_ith(struct llama_context * ctx, int32_t i);
 int64_t llama_n_latent_head_rows(const struct llama_context * ctx);
 int32_t llama_set_adapter_cvec(struct llama_context * ctx, const float * data, size_t len, int32_t n_embd,
                                int32_t il_start, int32_t il_end);
+
+/* ggml-backend.h: the devices this build's backends registered (devices.py) */
+typedef struct ggml_backend_device * ggml_backend_dev_t;
+size_t ggml_backend_dev_count(void);
+ggml_backend_dev_t ggml_backend_dev_get(size_t index);
+const char * ggml_backend_dev_name(ggml_backend_dev_t device);
+const char * ggml_backend_dev_description(ggml_backend_dev_t device);
+void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total);
+int ggml_backend_dev_type(ggml_backend_dev_t device);
 """
 
 ffi = FFI()

@@ -21,9 +21,11 @@ from blas_build import ensure_blas_build
 SCRIPT = r'''
 import json, sys
 import numpy as np
-from led_local import Llama
+from led_local import Llama, devices
+from led_local.devices import gpu_offload_supported
 smol, gemma = sys.argv[1], sys.argv[2]
-out = {}
+out = {"devices": [[d.name, d.kind] for d in devices()], "gpu_offload": gpu_offload_supported(),
+       "cpu_memory": next(d.memory_total for d in devices() if d.kind == "cpu")}
 with Llama(smol, n_ctx=512, n_seq_max=2, n_threads=1) as llm:
     # a short prompt: under ggml-blas's 32-row threshold, so every matmul is the CPU backend's and the
     # builds must agree bit for bit; LED explores on most steps here (T=1.5), running the on-demand head
@@ -61,6 +63,9 @@ def test_latents_and_led_on_a_blas_build_run_and_agree_with_the_plain_build(blas
     plain = _run(smollm2_path, gemma3_path)
     blas = _run(smollm2_path, gemma3_path, {"LED_LOCAL_LIB_DIR": str(blas_lib),
                                             "LD_LIBRARY_PATH": f"{blas_lib}:{os.environ.get('LD_LIBRARY_PATH', '')}"})
+    # what each build registered (led_local.devices): the CPU (with its memory), and BLAS as an accelerator
+    assert plain["devices"] == [["CPU", "cpu"]] and blas["devices"] == [["BLAS", "accel"], ["CPU", "cpu"]]
+    assert not plain["gpu_offload"] and not blas["gpu_offload"] and plain["cpu_memory"] > 2**28
     assert plain["explored"] > 0  # the on-demand head ran
     assert blas["led_tokens"] == plain["led_tokens"]
     assert blas["long_text"]  # (BLAS's f32 products differ in the last bits from the quantized CPU ones)
