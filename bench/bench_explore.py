@@ -2,6 +2,10 @@
 default on every machine"). Single thread, one process, runs alternating back to back.
 
     python bench/bench_explore.py [--model qwen2.5-coder-1.5b] [--steps 24] [--tokens 128] [--rounds 2]
+                                  [--n-gpu-layers 0] [--threads 1]
+
+(--model takes a registry key or a GGUF path; --n-gpu-layers -1 puts every layer on the GPU, which
+bench/gpu_check.py does with a random model of the 1.5B's shapes.)
 
 1. Exploring step: after a prompt, each step decodes one token (a plain decode with the latent readout's
    row gather) and then asks for the latent logits of that row, which runs the LM head over LED's d-1 = 7
@@ -91,14 +95,19 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-chat", action="store_true")
+    ap.add_argument("--n-gpu-layers", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    with Llama(models.path(a.model), n_ctx=2048, n_seq_max=1, n_threads=1) as llm:
-        out = {"model": a.model, "threads": 1, "exploring_step": exploring_step(llm, a.steps)}
+    path = models.path(a.model)
+    name = path.stem if a.model.endswith(".gguf") else a.model
+    with Llama(path, n_ctx=2048, n_seq_max=1, n_threads=a.threads, n_gpu_layers=a.n_gpu_layers) as llm:
+        out = {"model": name, "threads": a.threads, "n_gpu_layers": a.n_gpu_layers,
+               "exploring_step": exploring_step(llm, a.steps)}
         print(json.dumps(out["exploring_step"]), flush=True)
         if not a.skip_chat:
             out["open_chat"] = open_chat(llm, a.tokens, a.rounds)
     print(json.dumps(out, indent=2))
-    save_result(f"explore-{a.model}", out)
+    save_result(f"explore-{name}" + (f"-ngl{a.n_gpu_layers}" if a.n_gpu_layers else ""), out)
 
 
 if __name__ == "__main__":

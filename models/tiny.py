@@ -70,6 +70,17 @@ class TinySpec:
     eog_bias: float = 0.0        # qwen2 only: output.bias on the end-of-generation tokens (< 0: long outputs)
     logit_softcap: float = 0.0   # gemma2 only: final logits become cap * tanh(logits / cap)
     fim: bool = False            # vocabulary has Qwen2.5-Coder's fill-in-the-middle tokens
+    n_vocab: int = 0             # > 0: pad the vocabulary with plain tokens up to this size (a real model's head)
+    weight_type: str = "f32"     # "f16": matrices in f16 (norms and biases stay f32), half the file of a big spec
+
+
+# Qwen2.5-Coder-1.5B's shapes (its GGUF's metadata) with random weights: what a GPU machine, which no real
+# model can reach, decodes and benchmarks (bench/gpu_check.py). 1.5 B parameters, 3.1 GB in f16. The final
+# norm's scale sets how sure the final layer is: at 0.03 its top-1 probability at T=0.6 leaves LED about 15 %
+# of the steps to explore (LED_SPEC.md step 8), as open-ended chat does on the real model (13-32 %).
+QWEN15_SHAPES = TinySpec(arch="qwen2", n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960,
+                         n_ctx_train=32768, tied=True, n_vocab=151936, weight_type="f16", seed=15,
+                         scale=1.0, final_norm_scale=0.03)
 
 
 def _byte_tokens() -> list[str]:
@@ -84,7 +95,7 @@ def _byte_tokens() -> list[str]:
     return [mapping[b] for b in range(256)]
 
 
-def vocabulary(think: bool, fim: bool = False) -> tuple[list[str], list[int]]:
+def vocabulary(think: bool, fim: bool = False, n_vocab: int = 0) -> tuple[list[str], list[int]]:
     tokens = _byte_tokens() + ["".join(m.split()) for m in MERGES]
     types = [gguf.TokenType.NORMAL] * len(tokens)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<think>", "</think>"] if think else [])
@@ -93,6 +104,13 @@ def vocabulary(think: bool, fim: bool = False) -> tuple[list[str], list[int]]:
     if fim:  # llama.cpp finds them by their text, as in Qwen2.5-Coder's vocabulary
         tokens += ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"]
         types += [gguf.TokenType.CONTROL] * 3
+    if n_vocab:
+        if n_vocab < len(tokens):
+            raise ValueError(f"n_vocab={n_vocab} is below the {len(tokens)} tokens the vocabulary needs")
+        # never produced by the tokenizer (no merges reach them), but sampled and detokenized like any token
+        pad = n_vocab - len(tokens)
+        tokens += [f"[PAD{i}]" for i in range(pad)]
+        types += [gguf.TokenType.NORMAL] * pad
     return tokens, [int(t) for t in types]
 
 
@@ -104,14 +122,21 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
         raise ValueError("gemma2 ties its head and needs logit_softcap > 0")
     if spec.logit_softcap and spec.arch != "gemma2":
         raise ValueError("logit_softcap needs arch='gemma2' (its builder soft-caps the final logits)")
+    if spec.weight_type not in ("f32", "f16"):
+        raise ValueError(f"weight_type must be 'f32' or 'f16', got {spec.weight_type!r}")
     rng = np.random.default_rng(spec.seed)
-    tokens, types = vocabulary(spec.think, spec.fim)
+    tokens, types = vocabulary(spec.think, spec.fim, spec.n_vocab)
+    matrix_type = np.float16 if spec.weight_type == "f16" else np.float32
     n_vocab = len(tokens)
     head_dim = spec.n_embd // spec.n_head
 
     def w(*shape: int) -> np.ndarray:
         # numpy shape (out, in): gguf stores it as ggml's [in, out]
-        return (rng.standard_normal(shape) * spec.scale / np.sqrt(shape[-1])).astype(np.float32)
+        if spec.weight_type == "f32":  # (the f32 models' draws stay what they always were)
+            return (rng.standard_normal(shape) * spec.scale / np.sqrt(shape[-1])).astype(np.float32)
+        m = rng.standard_normal(shape, dtype=np.float32)  # f32 draws: a 1.5B spec in seconds, not minutes
+        m *= np.float32(spec.scale / np.sqrt(shape[-1]))
+        return m.astype(matrix_type)
 
     def norm_weight() -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(spec.n_embd)).astype(np.float32)
@@ -127,7 +152,7 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.weight_type == "f16" else gguf.LlamaFileType.ALL_F32)
     if spec.arch == "gemma2":
         writer.add_float32(f"{spec.arch}.final_logit_softcapping", spec.logit_softcap)
         writer.add_float32(f"{spec.arch}.attn_logit_softcapping", 50.0)
@@ -147,7 +172,10 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
             raise ValueError("think_template needs think=True (the <think> tokens)")
         writer.add_chat_template(THINK_TEMPLATE if spec.think_template else CHATML_TEMPLATE)
 
-    embd = (rng.standard_normal((n_vocab, spec.n_embd))).astype(np.float32)
+    if spec.weight_type == "f32":
+        embd = (rng.standard_normal((n_vocab, spec.n_embd))).astype(np.float32)
+    else:
+        embd = rng.standard_normal((n_vocab, spec.n_embd), dtype=np.float32).astype(matrix_type)
     writer.add_tensor("token_embd.weight", embd)
     writer.add_tensor("output_norm.weight", norm_weight() * np.float32(spec.final_norm_scale))
     if not spec.tied:
@@ -222,7 +250,7 @@ def write_tiny_gemma3n(path: str | Path, n_layer: int = 4, n_embd: int = 64, n_h
     writer.add_value_length(head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.weight_type == "f16" else gguf.LlamaFileType.ALL_F32)
     writer.add_uint32(f"{arch}.attention.sliding_window", 512)
     writer.add_uint32(f"{arch}.embedding_length_per_layer_input", n_embd_altup)
     writer.add_tokenizer_model("gpt2")
