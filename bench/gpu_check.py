@@ -107,8 +107,14 @@ def pack(a) -> None:
                 skipped += 1
                 continue
             m.name = "llama.cpp/" + rel
+            # a long name travels in a PAX header, which would win over the new name when written
+            m.pax_headers = {k: v for k, v in m.pax_headers.items() if k not in ("path", "linkpath")}
             out.addfile(m, src.extractfile(m) if m.isfile() else None)
             kept += 1
+    with tarfile.open(tmp) as check:
+        stray = [n for n in check.getnames() if not n.startswith("llama.cpp/")]
+    if stray:
+        sys.exit(f"packing went wrong: {len(stray)} entries outside llama.cpp/, e.g. {stray[0]}")
     tmp.replace(SOURCE_TAR)  # never a half-written archive under the final name
     print(f"{SOURCE_TAR.relative_to(REPO)}: {kept} entries kept, {skipped} left out, "
           f"{SOURCE_TAR.stat().st_size / 2**20:.1f} MB")
@@ -167,22 +173,44 @@ def build(a) -> None:
     if not SOURCE_TAR.exists():
         sys.exit(f"{SOURCE_TAR} is missing: run `python bench/gpu_check.py pack` on a machine with network first")
     _site()
-    src = WORK / "llama.cpp"
+    # one folder per packed source: CMake re-copies and re-patches when the folder it is given changes
+    digest = hashlib.sha256(SOURCE_TAR.read_bytes()).hexdigest()[:12]
+    src = WORK / f"llama.cpp-{digest}"
     if not src.exists():
+        part = WORK / f"llama.cpp-{digest}.part"
+        shutil.rmtree(part, ignore_errors=True)
         with tarfile.open(SOURCE_TAR) as t:
-            t.extractall(WORK, filter="data")
+            t.extractall(part, filter="data")
+        (part / "llama.cpp").rename(src)
+        part.rmdir()
     flags = [f"-DLED_LOCAL_LLAMA_SOURCE={src}", "-DCMAKE_BUILD_TYPE=Release"]
     if a.backend == "cuda":
         nvcc = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc",) if Path(p).exists()), None)
         if not nvcc:
             sys.exit("nvcc not found: put CUDA's bin folder on PATH")
         os.environ.setdefault("CUDACXX", nvcc)
+        # where the toolkit keeps libcudart and libcublas, in case the loader is not told (test adds them)
+        root = Path(nvcc).resolve().parent.parent
+        info["cuda_lib_dirs"] = [str(d) for d in (root / "lib64", root / "lib", root / "targets" / "x86_64-linux" / "lib")
+                                 if d.is_dir() and any(d.glob("libcudart.so*"))]
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
+        info["gpu"] = smi.stdout.strip() if smi else None
+        arch = a.cuda_arch
+        cap = smi.stdout.strip().splitlines()[0].split(",")[-1].strip() if smi and smi.returncode == 0 and smi.stdout else ""
+        if arch == "native" and re.fullmatch(r"\d+\.\d+", cap):
+            arch = cap.replace(".", "")  # what CMake's "native" would find, without its probe program
+        info["cuda_arch"] = arch
         # this GPU only (minutes instead of an hour of kernels); NCCL is for several GPUs and is not installed
-        flags += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={a.cuda_arch}", "-DGGML_CUDA_NCCL=OFF"]
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True)
-        info["gpu"] = smi.stdout.strip()
+        flags += ["-DGGML_CUDA=ON", f"-DCMAKE_CUDA_ARCHITECTURES={arch}", "-DGGML_CUDA_NCCL=OFF"]
         info["nvcc"] = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    flags += a.cmake_arg
+    for tool in ("cmake", "ninja"):
+        found = shutil.which(tool)
+        info[tool] = subprocess.run([found, "--version"], capture_output=True, text=True).stdout.splitlines()[0] if found else None
+    if not info["cmake"]:
+        sys.exit("cmake not found (3.21 or newer is needed)")
+    info["python"] = sys.version.split()[0]
     tree = WORK / f"cmake-{a.backend}"
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
     info["configure_s"] = _run(["cmake", "-S", str(REPO), "-B", str(tree), *gen, *flags], log)
@@ -190,6 +218,7 @@ def build(a) -> None:
     _run(["cmake", "--install", str(tree), "--prefix", str(WORK / f"install-{a.backend}")], log)
     print(json.dumps(info, indent=2))
     (results / f"build-{a.backend}.json").write_text(json.dumps(info, indent=2))
+    (WORK / f"build-{a.backend}.json").write_text(json.dumps(info, indent=2))
 
 
 def test(a) -> None:
@@ -200,6 +229,16 @@ def test(a) -> None:
     env = dict(os.environ, LED_LOCAL_LIB_DIR=str(lib), PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join([str(_site()), str(REPO)]))
     summary: dict = {"backend": a.backend}
+    record = WORK / f"build-{a.backend}.json"  # (beside the build: $OUT is emptied between calls)
+    built = json.loads(record.read_text()) if record.exists() else {}
+    extra = [d for d in built.get("cuda_lib_dirs", []) if d not in os.environ.get("LD_LIBRARY_PATH", "")]
+    if extra:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(extra + [os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    if shutil.which("ldd"):  # a library the loader cannot find is named here, not as a bare ImportError later
+        missing = sorted({line.split()[0] for f in lib.glob("*.so") for line in subprocess.run(
+            ["ldd", str(f)], capture_output=True, text=True, env=env).stdout.splitlines() if "not found" in line})
+        if missing:
+            sys.exit(f"the loader cannot find {', '.join(missing)} for {lib}: add their folder to LD_LIBRARY_PATH")
 
     # the random 1.5B-shaped model (what the GPU decodes and the bench measures)
     sys.path[:0] = [str(_site()), str(REPO / "models")]
@@ -260,6 +299,8 @@ def main() -> None:
         p.add_argument("--backend", choices=("cuda", "cpu"), default="cuda",
                        help="cpu: the proof of this script on a machine without a GPU")
     b.add_argument("--cuda-arch", default="native", help="CMAKE_CUDA_ARCHITECTURES (native: the GPU present)")
+    b.add_argument("--cmake-arg", action="append", default=[],
+                   help="one more -D... for the configure (repeatable), e.g. --cmake-arg=-DGGML_CUDA_FA=OFF")
     t.add_argument("--layers", type=int, default=0, help="blocks of the 1.5B-shaped model (default its 28)")
     t.add_argument("--threads", type=int, default=4)
     t.add_argument("--steps", type=int, default=24)
