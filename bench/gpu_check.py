@@ -2,7 +2,7 @@
 with a GPU backend on a machine that has no network, checks the latent readout and LED there, and
 benchmarks LED against standard decoding.
 
-Here, with network (writes .gpu/, which git ignores; about 8 MB):
+Here, with network (writes .gpu/, which git ignores; about 4 MB):
 
     python bench/gpu_check.py pack
 
