@@ -191,8 +191,8 @@ def build(a) -> None:
         os.environ.setdefault("CUDACXX", nvcc)
         # where the toolkit keeps libcudart and libcublas, in case the loader is not told (test adds them)
         root = Path(nvcc).resolve().parent.parent
-        info["cuda_lib_dirs"] = [str(d) for d in (root / "lib64", root / "lib", root / "targets" / "x86_64-linux" / "lib")
-                                 if d.is_dir() and any(d.glob("libcudart.so*"))]
+        dirs = (root / "lib64", root / "lib", root / "targets" / "x86_64-linux" / "lib")
+        info["cuda_lib_dirs"] = sorted({str(d.resolve()) for d in dirs if d.is_dir() and any(d.glob("libcudart.so*"))})
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap",
                               "--format=csv,noheader"], capture_output=True, text=True) if shutil.which("nvidia-smi") else None
         info["gpu"] = smi.stdout.strip() if smi else None

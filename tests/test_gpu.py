@@ -70,7 +70,7 @@ def test_every_layer_is_on_the_expected_device(models):
         assert not [d for d in devices() if d.kind in ("gpu", "igpu")], names
         return
     gpus = [d for d in devices() if d.name.startswith(EXPECTED)]
-    assert gpus, f"no {EXPECTED} device in this build: {names}"
+    assert gpus, f"no {EXPECTED} device found (this build's devices here: {names})"
     # every block and the head take the device's memory: most of the file (the input embeddings stay on the
     # host, as llama.cpp keeps them; a tied head is copied to the device), where the head alone is a sixth
     path = max(models.values(), key=lambda p: os.path.getsize(p))
