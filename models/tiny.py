@@ -250,7 +250,7 @@ def write_tiny_gemma3n(path: str | Path, n_layer: int = 4, n_embd: int = 64, n_h
     writer.add_value_length(head_dim)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.weight_type == "f16" else gguf.LlamaFileType.ALL_F32)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     writer.add_uint32(f"{arch}.attention.sliding_window", 512)
     writer.add_uint32(f"{arch}.embedding_length_per_layer_input", n_embd_altup)
     writer.add_tokenizer_model("gpt2")
