@@ -97,9 +97,10 @@ def main() -> None:
     ap.add_argument("--skip-chat", action="store_true")
     ap.add_argument("--n-gpu-layers", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--result", default=None, help="name of the results file (default explore-<model>)")
     a = ap.parse_args()
     path = models.path(a.model)
-    name = path.stem if a.model.endswith(".gguf") else a.model
+    name = a.model if a.model in models.REGISTRY else path.stem
     with Llama(path, n_ctx=2048, n_seq_max=1, n_threads=a.threads, n_gpu_layers=a.n_gpu_layers) as llm:
         out = {"model": name, "threads": a.threads, "n_gpu_layers": a.n_gpu_layers,
                "exploring_step": exploring_step(llm, a.steps)}
@@ -107,7 +108,7 @@ def main() -> None:
         if not a.skip_chat:
             out["open_chat"] = open_chat(llm, a.tokens, a.rounds)
     print(json.dumps(out, indent=2))
-    save_result(f"explore-{name}" + (f"-ngl{a.n_gpu_layers}" if a.n_gpu_layers else ""), out)
+    save_result(a.result or f"explore-{name}" + (f"-ngl{a.n_gpu_layers}" if a.n_gpu_layers else ""), out)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from upstream_build import VERSION, pinned_sdist  # noqa: E402  (the pinned sdist, fetched once and cached)
+
 PACK = REPO / ".gpu"
 WORK = REPO / "build" / "gpu-check"
 SOURCE_TAR = PACK / "llama.cpp.tar.gz"
@@ -60,29 +64,6 @@ KEEP_TOP = ("CMakeLists.txt", "LICENSE", "cmake/", "include/", "src/", "common/"
 GGML_BACKENDS_KEPT = ("ggml-cpu", "ggml-cuda", "ggml-hip", "ggml-metal", "ggml-vulkan", "ggml-rpc", "ggml-blas")
 
 
-def _cmake_pin() -> tuple[str, str, str]:
-    """The pinned sdist (name, sha256) as csrc/cmake/llama_source.cmake records it: one source of truth."""
-    text = (REPO / "csrc" / "cmake" / "llama_source.cmake").read_text()
-    ver = re.search(r'set\(LED_LLAMA_PYPI_VERSION "([^"]+)"\)', text).group(1)
-    sha = re.search(r'set\(LED_LLAMA_SDIST_SHA256 "([0-9a-f]{64})"\)', text).group(1)
-    return ver, f"llama_cpp_python-{ver}.tar.gz", sha
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("LED_LOCAL_CACHE", Path.home() / ".cache" / "led-local"))
-
-
-def _sdist() -> Path:
-    ver, name, sha = _cmake_pin()
-    path = _cache() / "sources" / name
-    if not path.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-build-isolation", "--no-binary",
-                        "llama-cpp-python", f"llama-cpp-python=={ver}", "-d", str(path.parent)], check=True)
-    if hashlib.sha256(path.read_bytes()).hexdigest() != sha:
-        sys.exit(f"{path} is not the pinned sdist (sha256 differs from csrc/cmake/llama_source.cmake)")
-    return path
-
-
 def _kept(rel: str) -> bool:
     if not rel.startswith(KEEP_TOP) and rel not in KEEP_TOP:
         return False
@@ -94,11 +75,10 @@ def _kept(rel: str) -> bool:
 
 def pack(a) -> None:
     PACK.mkdir(exist_ok=True)
-    ver, name, _ = _cmake_pin()
-    prefix = f"llama_cpp_python-{ver}/vendor/llama.cpp/"
+    prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
     kept = skipped = 0
     tmp = SOURCE_TAR.with_suffix(".part")
-    with tarfile.open(_sdist()) as src, tarfile.open(tmp, "w:gz", compresslevel=9) as out:
+    with tarfile.open(pinned_sdist()) as src, tarfile.open(tmp, "w:gz", compresslevel=9) as out:
         for m in src:
             if not m.name.startswith(prefix) or not (m.isfile() or m.isdir()):
                 continue
@@ -134,13 +114,13 @@ def pack(a) -> None:
     print(f".gpu/ in all: {size / 2**20:.1f} MB (the device carries 64 MiB with the working tree)")
 
 
-def _run(cmd: list[str], log: Path, env: dict | None = None, cwd: Path = REPO) -> float:
+def _run(cmd: list[str], log: Path) -> float:
     """Runs cmd with its output to log (and the tail to stdout on failure); returns the seconds it took."""
     t = time.perf_counter()
     with log.open("a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd).returncode
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO).returncode
     if rc != 0:
         print("".join(log.read_text().splitlines(keepends=True)[-60:]))
         sys.exit(f"failed ({rc}): {' '.join(cmd)} (whole log: {log})")
@@ -226,8 +206,9 @@ def test(a) -> None:
     lib = WORK / f"install-{a.backend}" / "led_local" / "lib"
     if not lib.exists():
         sys.exit(f"{lib} is missing: run `python bench/gpu_check.py build --backend {a.backend}` first")
+    site = _site()
     env = dict(os.environ, LED_LOCAL_LIB_DIR=str(lib), PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join([str(_site()), str(REPO)]))
+               PYTHONPATH=os.pathsep.join([str(site), str(REPO)]))
     summary: dict = {"backend": a.backend}
     record = WORK / f"build-{a.backend}.json"  # (beside the build: $OUT is emptied between calls)
     built = json.loads(record.read_text()) if record.exists() else {}
@@ -241,7 +222,7 @@ def test(a) -> None:
             sys.exit(f"the loader cannot find {', '.join(missing)} for {lib}: add their folder to LD_LIBRARY_PATH")
 
     # the random 1.5B-shaped model (what the GPU decodes and the bench measures)
-    sys.path[:0] = [str(_site()), str(REPO / "models")]
+    sys.path[:0] = [str(site), str(REPO / "models")]
     import dataclasses
     from tiny import QWEN15_SHAPES, write_tiny_model
 
@@ -270,19 +251,19 @@ def test(a) -> None:
 
     ngl = "-1" if a.backend != "cpu" else "0"
     bench_args = ["--model", str(model), "--n-gpu-layers", ngl, "--threads", str(a.threads),
-                  "--steps", str(a.steps), "--tokens", str(a.tokens), "--rounds", str(a.rounds)]
+                  "--steps", str(a.steps), "--tokens", str(a.tokens), "--rounds", str(a.rounds),
+                  "--result", "gpu-check-explore"]
     t = time.perf_counter()
     brc = subprocess.run([sys.executable, "bench/bench_explore.py", *bench_args], cwd=REPO, env=env).returncode
     summary["bench"] = {"exit": brc, "seconds": round(time.perf_counter() - t, 1), "args": bench_args}
     if brc == 0:
-        name = f"explore-{model.stem}" + (f"-ngl{ngl}" if ngl != "0" else "")
-        data = json.loads((REPO / "bench" / "results" / f"{name}.json").read_text())
+        data = json.loads((REPO / "bench" / "results" / "gpu-check-explore.json").read_text())
         summary["bench"]["result"] = data
         if a.backend != "cpu" and "open_chat" in data:  # the issue's goal on a GPU (bench_explore's are the CPU's)
             r = data["open_chat"]["led_over_standard"]
             summary["gpu_goal"] = {"led_over_standard": r, "goal": ">= 0.97", "met": r >= 0.97,
                                    "explored_share_mean": data["open_chat"]["explored_share_mean"]}
-        shutil.copy(REPO / "bench" / "results" / f"{name}.json", results / "bench_explore.json")
+        shutil.copy(REPO / "bench" / "results" / "gpu-check-explore.json", results / "bench_explore.json")
     (results / "gpu-check.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "devices"}, indent=2))
     if rc != 0 or brc != 0:

@@ -38,7 +38,8 @@ def cpu_flags() -> list[str]:
     return flags
 
 
-def _sdist() -> Path:
+def pinned_sdist() -> Path:
+    """The pinned llama-cpp-python sdist (vendor/llama.cpp is our llama.cpp), fetched once into the cache."""
     path = cache_root() / "sources" / SDIST
     if not path.exists():
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-build-isolation",
@@ -60,7 +61,7 @@ def ensure_upstream() -> tuple[Path, Path]:
     if done.exists():
         return py_dir, lib_dir
 
-    sdist = _sdist()
+    sdist = pinned_sdist()
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     with tempfile.TemporaryDirectory(dir=home) as tmp:
@@ -106,7 +107,7 @@ def ensure_llama_server() -> Path:
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     with tempfile.TemporaryDirectory(dir=home) as tmp:
-        with tarfile.open(_sdist()) as tar:
+        with tarfile.open(pinned_sdist()) as tar:
             tar.extractall(tmp, filter="data")
         src = Path(tmp) / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
         (src / ".git").unlink(missing_ok=True)
