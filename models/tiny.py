@@ -130,13 +130,13 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
     n_vocab = len(tokens)
     head_dim = spec.n_embd // spec.n_head
 
+    def normal(*shape: int) -> np.ndarray:
+        # the f32 models' draws stay what they always were (f64); f16 ones draw f32: a 1.5B spec in seconds
+        return rng.standard_normal(shape, dtype=np.float64 if spec.weight_type == "f32" else np.float32)
+
     def w(*shape: int) -> np.ndarray:
         # numpy shape (out, in): gguf stores it as ggml's [in, out]
-        if spec.weight_type == "f32":  # (the f32 models' draws stay what they always were)
-            return (rng.standard_normal(shape) * spec.scale / np.sqrt(shape[-1])).astype(np.float32)
-        m = rng.standard_normal(shape, dtype=np.float32)  # f32 draws: a 1.5B spec in seconds, not minutes
-        m *= np.float32(spec.scale / np.sqrt(shape[-1]))
-        return m.astype(matrix_type)
+        return (normal(*shape) * spec.scale / np.sqrt(shape[-1])).astype(matrix_type)
 
     def norm_weight() -> np.ndarray:
         return (1.0 + 0.1 * rng.standard_normal(spec.n_embd)).astype(np.float32)
@@ -172,10 +172,7 @@ def write_tiny_model(path: str | Path, spec: TinySpec = TinySpec()) -> Path:
             raise ValueError("think_template needs think=True (the <think> tokens)")
         writer.add_chat_template(THINK_TEMPLATE if spec.think_template else CHATML_TEMPLATE)
 
-    if spec.weight_type == "f32":
-        embd = (rng.standard_normal((n_vocab, spec.n_embd))).astype(np.float32)
-    else:
-        embd = rng.standard_normal((n_vocab, spec.n_embd), dtype=np.float32).astype(matrix_type)
+    embd = normal(n_vocab, spec.n_embd).astype(matrix_type)
     writer.add_tensor("token_embd.weight", embd)
     writer.add_tensor("output_norm.weight", norm_weight() * np.float32(spec.final_norm_scale))
     if not spec.tied:

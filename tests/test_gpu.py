@@ -102,6 +102,12 @@ def test_normed_last_block_reproduces_final_logits(models):
         assert _rel(r.logits[0], r.final_logits) < TOL, name
 
 
+def _latent_rows(llm: Llama, i: int, n: int) -> np.ndarray:
+    ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, i)
+    assert ptr != ffi.NULL
+    return np.frombuffer(ffi.buffer(ptr, 4 * n * llm.n_vocab()), np.float32).reshape(n, -1).copy()
+
+
 @pytest.mark.parametrize("norm", [False, True])
 def test_head_on_demand_equals_head_in_graph(models, norm):
     """With the head off in the graph, the getter runs it on the head's device over the saved states."""
@@ -114,9 +120,7 @@ def test_head_on_demand_equals_head_in_graph(models, norm):
             toks = in_graph.tokens
             rows_before = llm.latent_head_rows()
             llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
-            ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, -1)
-            assert ptr != ffi.NULL
-            lazy = np.frombuffer(ffi.buffer(ptr, 4 * len(layers) * llm.n_vocab()), np.float32).reshape(len(layers), -1)
+            lazy = _latent_rows(llm, -1, len(layers))
             assert llm.latent_head_rows() == rows_before + 1  # one row's head ran, on demand
             assert _rel(lazy, in_graph.logits) < TOL, name
             llm._set_latents((), False, False)
@@ -180,12 +184,6 @@ def test_a_sequence_in_a_batch_equals_it_alone(models):
                 assert _rel(llm._logits(j), z) < TOL, name
                 assert _rel(_latent_rows(llm, j, len(layers)), lat) < TOL, name
             llm._set_latents((), False, False)
-
-
-def _latent_rows(llm: Llama, i: int, n: int) -> np.ndarray:
-    ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, i)
-    assert ptr != ffi.NULL
-    return np.frombuffer(ffi.buffer(ptr, 4 * n * llm.n_vocab()), np.float32).reshape(n, -1).copy()
 
 
 def test_led_explores_on_the_device(models):
