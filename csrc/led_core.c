@@ -1,4 +1,4 @@
-// LED math; see led_core.h and LED_SPEC.md (steps cited inline).
+// LED math; see led_core.h and docs/led.md (steps cited inline).
 #include "led_core.h"
 
 #include <math.h>

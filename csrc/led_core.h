@@ -1,4 +1,4 @@
-// led_core: the math of Latent Exploration Decoding (../LED_SPEC.md), pure C over float arrays.
+// led_core: the math of Latent Exploration Decoding (docs/led.md), pure C over float arrays.
 //
 // No llama.cpp header: this compiles and tests alone (and under AddressSanitizer/UBSan). The sampler
 // glue (led_sampler.c) calls the same pieces in a lazier order: candidates and the coin first, the
@@ -16,11 +16,11 @@
 extern "C" {
 #endif
 
-#define LED_Q_FLOOR 1e-6f   // LED_SPEC.md step 4
+#define LED_Q_FLOOR 1e-6f   // docs/led.md step 4
 #define LED_P_FLOOR 1e-9f   // step 7, inside the log
 
 // The log-normalizer of one row at temperature T (T <= 0: no division, as greedy LED asks), so that
-// p[i] = exp(z[i]/T - lse) (LED_SPEC.md step 2). Works with the +inf/NaN conventions above.
+// p[i] = exp(z[i]/T - lse) (docs/led.md step 2). Works with the +inf/NaN conventions above.
 typedef struct led_row_norm {
     double inv_t;      // 1/T, or 1 when greedy
     double max;        // max of z/T over the row (+inf or -inf in the degenerate cases)
@@ -61,7 +61,7 @@ typedef struct led_workspace {
 led_workspace * led_workspace_new(int32_t d, int32_t k);
 void            led_workspace_free(led_workspace * ws);
 
-// One whole decoding step (LED_SPEC.md steps 1-9) for one sequence.
+// One whole decoding step (docs/led.md steps 1-9) for one sequence.
 typedef struct led_step_result {
     int32_t n_cand;          // min(k, V)
     int32_t * candidates;    // [k]   (caller's buffers, k entries each)
@@ -83,7 +83,7 @@ int led_step(const float * logits, int32_t d, int32_t n_vocab, float temperature
              led_workspace * ws, led_step_result * out);
 
 // DoLa (Chuang et al. 2023), as Hugging Face transformers' `dola_layers` generation implements it
-// (LED_SPEC.md, "DoLa"): among m premature rows, the one with the largest Jensen-Shannon divergence from
+// (docs/led.md, "DoLa"): among m premature rows, the one with the largest Jensen-Shannon divergence from
 // the final row (first on ties); then out[v] = log p_final(v) - log p_premature(v) for the tokens whose
 // final probability is at least DOLA_RELATIVE_TOP times the best one, -inf for the others.
 // Returns the chosen premature row.

@@ -1,6 +1,6 @@
 // led_sampler: LED as a llama.cpp sampler (struct llama_sampler_i) over the patched context's latent rows.
 //
-// The coin of LED_SPEC.md step 8 needs only the final layer, so each step first takes the final layer's
+// The coin of docs/led.md step 8 needs only the final layer, so each step first takes the final layer's
 // top-k and flips the coin, and asks the context for the latent logits only when it explores: with the
 // readout in "states only" mode (llama_set_latents(..., with_logits=false)) the LM head then runs over
 // the latent states of that one row, on demand. The emitted-token distribution is exactly the spec's.
@@ -47,7 +47,7 @@ void led_sampler_set_row(struct llama_sampler * smpl, int32_t row);
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 
 // What the last step did, for traces and for checking a real generation step by step against led_step
-// (LED_SPEC.md steps 8-9). The arrays belong to the sampler and hold until its next step.
+// (docs/led.md steps 8-9). The arrays belong to the sampler and hold until its next step.
 typedef struct led_sampler_step_info {
     bool    explored;              // the coin's branch
     bool    latent_head;           // the step read the latent logits (only exploring steps with d > 1 do)

@@ -19,7 +19,7 @@ QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast eve
             "egg. How much in dollars does she make every day at the farmers' market?")
 MESSAGES = [{"role": "user", "content": f"{MATH_INSTRUCTION}\n\n{QUESTION}"}]
 
-# standard = the paper's baseline (LED_SPEC.md "Defaults"); led = its defaults
+# standard = the paper's baseline (docs/led.md "The settings"); led = its defaults
 KINDS = {
     "standard": dict(sampler="standard", top_k=20, top_p=0.95, min_p=0.0),
     "led": dict(sampler="led", led=LEDConfig()),

@@ -1,4 +1,4 @@
-"""The entropy profile of LED_SPEC.md ("Diagnostic"): for each generated token, the normalized entropy
+"""The entropy profile of docs/led.md ("When it helps"): for each generated token, the normalized entropy
 H(softmax(W . h_i / T)) / ln V of every block i and of the final layer, averaged over tokens, in both
 lenses: raw states (what LED reads) and states through the final norm (what `latent_norm` reads).
 

@@ -1,5 +1,5 @@
 """LED's math exposed to Python, for tests and analysis: `led_step` and `led_sample` call the C core
-(csrc/led_core.c, LED_SPEC.md steps 1-9) on a [d, V] array of logits (row 0 = final layer)."""
+(csrc/led_core.c, docs/led.md steps 1-9) on a [d, V] array of logits (row 0 = final layer)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _run(z: np.ndarray, temperature: float, k: int, exploit: bool, explore_allow
 
 
 def led_step(logits, temperature: float, k: int, exploit: bool = True, explore_allowed: bool = True) -> LEDStep:
-    """LED_SPEC.md steps 1-8 on logits [d, V]: the distributions of one step (no draw of interest)."""
+    """docs/led.md steps 1-8 on logits [d, V]: the distributions of one step (no draw of interest)."""
     _check(temperature, k)
     return _run(_as_logits(logits), temperature, k, exploit, explore_allowed, 0.5, 0.5)
 

@@ -32,7 +32,7 @@ class DecodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class LatentReadout:
-    """What the model's last blocks say after the prompt's last token (LED_SPEC.md, "Notation").
+    """What the model's last blocks say after the prompt's last token (docs/led.md, "Notation").
 
     `hidden[j]` is the residual state h_i of block `layers[j]` (raw, as the block wrote it), `logits[j]`
     the LM head's logits over it, f(W . h) (or f(W . N(h)) when read with `norm=True`), and
@@ -339,7 +339,7 @@ class Llama:
 
     def end_of_thinking_tokens(self) -> list[int]:
         """The token(s) of the model's end-of-thinking marker `</think>` when its vocabulary has one as a
-        token of its own, else [] (LED_SPEC.md step 8: such a model is "thinking" for its whole output)."""
+        token of its own, else [] (docs/led.md step 8: such a model is "thinking" for its whole output)."""
         tokens = self.tokenize("</think>", add_bos=False, special=True)
         if len(tokens) == 1 and self.token_text(tokens[0]) == "</think>":
             return tokens
@@ -467,7 +467,7 @@ class Llama:
     # --- latent readout -------------------------------------------------------------------------------
 
     def default_latent_layers(self, d: int = 8) -> list[int]:
-        """The d-1 blocks right below the last, in LED depth order: h_{L-2}, h_{L-3}, ... (LED_SPEC.md)."""
+        """The d-1 blocks right below the last, in LED depth order: h_{L-2}, h_{L-3}, ... (docs/led.md)."""
         n = self.n_layer()
         _check_int("d", d, 1, n)
         return [n - 1 - j for j in range(1, d)]

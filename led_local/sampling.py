@@ -2,7 +2,7 @@
 
 A generation runs one native `llama_sampler` per parallel sequence, each with its own seed (sample i of a
 call with seed s uses s + i, so `n` samples equal n one-by-one runs with those seeds). `sampler=` names
-the kind: "standard" (llama.cpp's ordinary chain), "led" (csrc/led_sampler.c, LED_SPEC.md) or "dola"
+the kind: "standard" (llama.cpp's ordinary chain), "led" (csrc/led_sampler.c, docs/led.md) or "dola"
 (DoLa's layer contrast, as Hugging Face transformers' `dola_layers` option does it, then the ordinary chain).
 """
 
@@ -93,7 +93,7 @@ class Constraints:
     """What changes the final layer's logits before a sampler picks from them, in llama-cpp-python's order:
     logit bias, then penalties (repeat, frequency, presence over the last `penalty_last_n` tokens), then a
     GBNF grammar (csrc/led_engine.h, led_constraints_new). Standard and DoLa sampling run them at the head
-    of their chain; LED runs them on the final logits before picking its candidates (LED_SPEC step 3),
+    of their chain; LED runs them on the final logits before picking its candidates (docs/led.md step 3),
     leaving the latent rows as the model gives them."""
 
     logit_bias: tuple[tuple[int, float], ...] = ()
@@ -229,7 +229,7 @@ class StandardSampling:
 
 @dataclass(frozen=True)
 class LEDConfig:
-    """Latent Exploration Decoding settings (LED_SPEC.md "Defaults": the paper's setting).
+    """Latent Exploration Decoding settings (docs/led.md "The settings": the paper's setting).
 
     d: depths, the final layer and the d-1 blocks below the last; k: candidates from the final layer;
     latent_norm: pass latent states through the final norm; exploit: the coin of step 8 (off: always

@@ -77,7 +77,7 @@ class TinySpec:
 # Qwen2.5-Coder-1.5B's shapes (its GGUF's metadata) with random weights: what a GPU machine, which no real
 # model can reach, decodes and benchmarks (bench/gpu_check.py). 1.5 B parameters, 3.1 GB in f16. The final
 # norm's scale sets how sure the final layer is: at 0.03 its top-1 probability at T=0.6 leaves LED about 15 %
-# of the steps to explore (LED_SPEC.md step 8), as open-ended chat does on the real model (13-32 %).
+# of the steps to explore (docs/led.md step 8), as open-ended chat does on the real model (13-32 %).
 QWEN15_SHAPES = TinySpec(arch="qwen2", n_layer=28, n_embd=1536, n_head=12, n_head_kv=2, n_ff=8960,
                          n_ctx_train=32768, tied=True, n_vocab=151936, weight_type="f16", seed=15,
                          scale=1.0, final_norm_scale=0.03)

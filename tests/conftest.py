@@ -20,14 +20,14 @@ TINY_SPECS = {
     "qwen2-untied-think": TinySpec(arch="qwen2", tied=False, think=True, seed=2),
     # a sharp final layer over flatter raw latents, the regime where LED's latent rows matter
     "qwen2-led": TinySpec(arch="qwen2", tied=False, think=True, seed=2, final_norm_scale=8.0),
-    # an output bias (part of f, LED_SPEC.md) that makes the model close its thinking now and then
+    # an output bias (part of f, docs/led.md) that makes the model close its thinking now and then
     "qwen2-think-bias": TinySpec(arch="qwen2", tied=False, think=True, seed=3, think_bias=2.0),
     # never ends on its own (long generations for the server's disconnect test), and closes its thinking now
     # and then, so that every LED field the server takes changes what it generates
     "qwen2-no-eos": TinySpec(arch="qwen2", tied=False, seed=4, eog_bias=-40.0, think=True, think_bias=2.0),
     # qwen3's per-head q/k norms
     "qwen3-untied": TinySpec(arch="qwen3", tied=False, seed=5),
-    # gemma2's final logit soft-capping: part of f (LED_SPEC.md), so the latent rows must be capped too
+    # gemma2's final logit soft-capping: part of f (docs/led.md), so the latent rows must be capped too
     "gemma2-softcap": TinySpec(arch="gemma2", seed=6, logit_softcap=5.0),
     # 12 blocks: DoLa's "high" and "low" each give three candidate layers to choose among
     "llama-deep": TinySpec(arch="llama", tied=False, n_layer=12, seed=7),

@@ -18,7 +18,7 @@ def read_tensors(path) -> tuple[dict[str, np.ndarray], gguf.GGUFReader]:
 
 
 def read_head(path) -> np.ndarray:
-    """Only W of LED_SPEC.md, dequantized (reading every tensor of a real model takes a while)."""
+    """Only W of docs/led.md, dequantized (reading every tensor of a real model takes a while)."""
     reader = gguf.GGUFReader(str(path))
     by_name = {t.name: t for t in reader.tensors}
     t = by_name.get("output.weight", by_name["token_embd.weight"])
@@ -31,7 +31,7 @@ def field_value(reader: gguf.GGUFReader, key: str):
 
 
 def head_weight(tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """W of LED_SPEC.md: output.weight, or token_embd.weight when the model ties them. [n_vocab, n_embd]"""
+    """W of docs/led.md: output.weight, or token_embd.weight when the model ties them. [n_vocab, n_embd]"""
     return tensors.get("output.weight", tensors["token_embd.weight"])
 
 

@@ -1,5 +1,5 @@
 """What constrains the final logits (logit bias, penalties, GBNF grammars; sampling.Constraints) with each
-sampler: standard, LED (before it picks its candidates, LED_SPEC step 3, the latent rows untouched) and
+sampler: standard, LED (before it picks its candidates, docs/led.md step 3, the latent rows untouched) and
 DoLa (bias and grammar before the contrast, penalties on it). Real llama.cpp on real and tiny models."""
 
 from __future__ import annotations

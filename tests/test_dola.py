@@ -1,4 +1,4 @@
-"""DoLa (LED_SPEC.md "DoLa") against a numpy port of Hugging Face transformers' DoLa functions
+"""DoLa (docs/led.md "DoLa") against a numpy port of Hugging Face transformers' DoLa functions
 (transformers 4.46, generation/utils.py: _dola_select_contrast, _relative_top_filter, and the layer choice
 of _dola_decoding), written here from that source."""
 

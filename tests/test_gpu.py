@@ -53,7 +53,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _head_f(path) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | float, float]:
-    """W, the final norm's weight and eps, the head's bias and gemma2's soft-cap: f of LED_SPEC.md."""
+    """W, the final norm's weight and eps, the head's bias and gemma2's soft-cap: f of docs/led.md."""
     reader = gguf.GGUFReader(str(path))
     arch = field_value(reader, "general.architecture")
     by_name = {t.name: t for t in reader.tensors}

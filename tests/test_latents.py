@@ -1,4 +1,4 @@
-"""The patch's latent readout against independent computations (LED_SPEC.md, "Notation")."""
+"""The patch's latent readout against independent computations (docs/led.md, "Notation")."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def test_smollm2_quantized_head(smollm2_path):
     assert _rel_err(r.logits, hq.astype(np.float64) @ W.T) < 1e-4
     # and f(W . h) in full precision within the activation quantization error
     assert _rel_err(r.logits, r.hidden.astype(np.float64) @ W.T) < 2e-2
-    # raw residual states of SmolLM2 are large (LED_SPEC.md: |h| about 700)
+    # raw residual states of SmolLM2 are large (docs/led.md: |h| about 700)
     assert np.linalg.norm(r.hidden, axis=1).mean() > 100
 
 

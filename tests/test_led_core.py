@@ -1,4 +1,4 @@
-"""The C core of LED against an independent numpy implementation of LED_SPEC.md, written here."""
+"""The C core of LED against an independent numpy implementation of docs/led.md, written here."""
 
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def test_greedy_takes_argmax_of_chosen_branch():
 
 
 def test_greedy_token_probs_are_what_greedy_emits():
-    """At T = 0 each branch emits its argmax (LED_SPEC step 9): token_probs puts p1 on r_0's argmax and 1-p1
+    """At T = 0 each branch emits its argmax (docs/led.md step 9): token_probs puts p1 on r_0's argmax and 1-p1
     on P_{m*}'s, and agrees with led_sample over the coin's draws."""
     z = np.array([[5.0, 4.5, 0.0, -1.0], [0.0, 3.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0]], np.float32)
     s = led_step(z, 0.0, 3)

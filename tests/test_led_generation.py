@@ -1,4 +1,4 @@
-"""LED wired into generation: the emitted tokens follow LED_SPEC.md's distribution end to end."""
+"""LED wired into generation: the emitted tokens follow docs/led.md's distribution end to end."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_first_token_follows_spec_distribution(think_model, cfg):
 
 
 def _spec_layers(n_layer: int, config: LEDConfig) -> list[int]:
-    """LED_SPEC.md "Notation": depth j >= 1 reads h_{L-1-j}, the blocks right below the last, unless
+    """docs/led.md "Notation": depth j >= 1 reads h_{L-1-j}, the blocks right below the last, unless
     `layers` names others (written out here, not taken from the engine)."""
     return list(config.layers) if config.layers is not None else [n_layer - 1 - j for j in range(1, config.d)]
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# LED_SPEC.md: the paper's prompt for maths
+# docs/led.md: the paper's prompt for maths
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
 
