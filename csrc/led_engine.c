@@ -121,9 +121,9 @@ struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ct
     params.n_outputs_max   = n_seq_max;
     params.n_threads       = n_threads;
     params.n_threads_batch = n_threads_batch;
-    // one KV stream per sequence (llama-server's default): a sequence's cells are its own and stay in
-    // position order, so its attention sums the same whatever the other slots cached or evicted
-    params.kv_unified      = false;
+    // one pool of cells for every sequence (llama.cpp's unified KV cache): a request may use all n_ctx, and
+    // parallel samples share their prompt's cells (the scheduler reserves and evicts, scheduler.py)
+    params.kv_unified      = true;
     params.no_perf         = true;
     params.flash_attn_type = (enum llama_flash_attn_type) flash_attn;
     if (pooling >= 0) {
@@ -133,6 +133,11 @@ struct llama_context * led_context_new(struct llama_model * model, uint32_t n_ct
         params.n_outputs_max = n_batch;
     }
     struct llama_context * ctx = llama_init_from_model(model, params);
+    if (ctx != NULL) {
+        // patch 0005: a sequence's cells stay in position order in the pool, so its attention sums them in
+        // the same order alone, beside others or after a cached prefix (determinism, README)
+        llama_memory_set_ordered(llama_get_memory(ctx), true);
+    }
     if (ctx != NULL && batch_invariant && llama_set_batch_invariant(ctx, true) != 0) {
         llama_free(ctx);
         return NULL;

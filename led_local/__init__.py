@@ -1,7 +1,7 @@
 """led-local: Latent Exploration Decoding for local GGUF models on a patched llama.cpp."""
 
 from .chat import ChatTemplateError
-from .devices import Device, devices
+from .devices import Device, devices, gpu_offload_supported
 from .grammar import LlamaGrammar
 from .led import LEDStep, led_sample, led_step
 from .llama import DecodeError, LatentReadout, Llama, LlamaState
@@ -11,4 +11,4 @@ from .sampling import LEDConfig
 __version__ = "0.1.0"
 
 __all__ = ["Llama", "LatentReadout", "LEDConfig", "LEDStep", "led_step", "led_sample", "DecodeError",
-           "ChatTemplateError", "Device", "devices", "LlamaGrammar", "LlamaState", "RPCServerLost", "__version__"]
+           "ChatTemplateError", "Device", "devices", "gpu_offload_supported", "LlamaGrammar", "LlamaState", "RPCServerLost", "__version__"]

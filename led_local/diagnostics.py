@@ -117,3 +117,48 @@ def plot_profile(profile: EntropyProfile, path, title: str = "") -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+# --- the verdict, remembered per model file (chat's note about LED reads it) --------------------------------
+
+def _verdict_file(model_path) -> "Path":
+    from pathlib import Path
+
+    from .models import cache_dir
+
+    p = Path(model_path)
+    return cache_dir().parent / "profiles" / f"{p.stem}-{p.stat().st_size}.json"
+
+
+def remember_profile(model_path, profile: EntropyProfile) -> None:
+    """Keep what the profile found for this model file (name and size), for `led-local chat`'s note."""
+    import json
+    import os
+    import tempfile
+
+    path = _verdict_file(model_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"has_reservoir": profile.has_reservoir, "led_blocks_raw": float(np.mean(profile.raw[profile.led_blocks])),
+            "final": float(profile.final), "tokens": profile.tokens, "temperature": profile.temperature}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".profile-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+def measured_reservoir(model_path, registry_key: str | None = None) -> dict | None:
+    """What a profile of this model found: the one `led-local entropy-profile` last kept for this file, else
+    the registry's measurement for a registry model, else None (never measured)."""
+    import json
+
+    try:
+        return json.loads(_verdict_file(model_path).read_text())
+    except (OSError, ValueError):
+        pass
+    from .models import REGISTRY
+
+    entry = REGISTRY.get(registry_key or "")
+    if entry is not None and entry.latent_reservoir is not None:
+        return {"has_reservoir": entry.latent_reservoir}
+    return None
+

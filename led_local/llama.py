@@ -96,8 +96,9 @@ MAX_DEVICES = 16  # llama_max_devices() of the pinned llama.cpp: tensor_split's 
 class Llama:
     """A GGUF model with a llama.cpp context.
 
-    The KV cache holds `n_ctx` cells split evenly among `n_seq_max` sequences (slots), as llama-server's `-c`
-    with `-np`: each sample's prompt and tokens fit in `n_ctx_seq = n_ctx // n_seq_max` cells. Every call
+    The KV cache is one pool of `n_ctx` cells shared by `n_seq_max` sequences (slots; llama.cpp's unified KV
+    cache): one request may use all `n_ctx`, as in llama-cpp-python, and the `n` samples of a request share
+    their prompt's cells. Requests that do not fit together wait (scheduler.py says how cells are reserved). Every call
     goes through one scheduler (scheduler.py), which keeps what each slot evaluated: a later prompt that
     starts the same way is evaluated from where it differs (`prefix_cache=False` turns that off), and
     calls from several threads are decoded together.
@@ -151,10 +152,7 @@ class Llama:
         self._n_ctx = _check_int("n_ctx", n_ctx, 16)
         self.n_batch = _check_int("n_batch", n_batch, 1)
         self.n_seq_max = _check_int("n_seq_max", n_seq_max, 1, MAX_SEQUENCES)
-        self.n_ctx_seq = self._n_ctx // self.n_seq_max
-        if self.n_ctx_seq < 8:
-            raise ValueError(f"n_ctx={n_ctx} leaves {self.n_ctx_seq} cells for each of the n_seq_max={n_seq_max} "
-                             "sequences; give each at least 8")
+        self.n_ctx_seq = self._n_ctx  # what one sequence may use: the whole pool (llama.cpp's n_ctx_seq)
         self.n_threads = _check_int("n_threads", n_threads if n_threads is not None else _default_threads(), 1)
         self.n_threads_batch = _check_int(
             "n_threads_batch", n_threads_batch if n_threads_batch is not None else self.n_threads, 1
@@ -213,6 +211,7 @@ class Llama:
             raise MemoryError(f"llama.cpp could not create a context with n_ctx={self._n_ctx}; try a smaller n_ctx")
         self._batch = self._lib.led_batch_new(max(self.n_batch, self.n_seq_max))
         self._latent_setting: tuple = ((), False, False)
+        self.compactions = 0  # times the KV pool was packed to keep sequences' cells in order (_compact)
         self._tied: bool | None = None
         # the one token loop: every generation and readout of this Llama goes through it
         self._scheduler = Scheduler(self, prefix_cache=bool(prefix_cache))
@@ -276,7 +275,7 @@ class Llama:
     # --- model facts ----------------------------------------------------------------------------------
 
     def n_ctx(self) -> int:
-        """KV cells in all (llama-cpp-python's accessor); each sequence has n_ctx_seq of them."""
+        """KV cells in all (llama-cpp-python's accessor), shared by the sequences; one request may use them all."""
         return self._n_ctx
 
     def n_vocab(self) -> int:
@@ -443,6 +442,11 @@ class Llama:
                 if out:
                     outputs.append(idx)
             rc = lib.led_decode(self._ctx, self._batch)
+            if rc == 1 and not self.embedding:
+                # no cell after a sequence's last one (patch 0005 keeps each sequence's cells in position
+                # order) while free cells remain before: pack the pool and try once more
+                self._compact()
+                rc = lib.led_decode(self._ctx, self._batch)
             if self.rpc_servers:
                 # a dead server no longer aborts the process (patch 0004): its graph compute fails, or its
                 # copies read as zeros; after a synchronize the backend says which
@@ -457,6 +461,16 @@ class Llama:
                 reason = {1: "no free KV cells (the context window is full)", 2: "aborted"}.get(rc, f"error {rc}")
                 raise DecodeError(f"llama_decode failed: {reason}")
         return outputs
+
+    def _compact(self) -> None:
+        """Pack the KV pool's cells from its start, every cell's order kept: a whole-state save and restore
+        (llama.cpp restores cells from index 0 in the saved order), bit for bit the same keys and values."""
+        size = self._lib.llama_state_get_size(self._ctx)
+        buf = ffi.new("uint8_t[]", size)
+        written = self._lib.llama_state_get_data(self._ctx, buf, size)
+        if self._lib.llama_state_set_data(self._ctx, buf, written) != written:
+            raise DecodeError("llama.cpp could not pack the KV cache's cells")
+        self.compactions += 1
 
     def _logits(self, index: int) -> np.ndarray:
         ptr = self._lib.llama_get_logits_ith(self._ctx, index)
@@ -510,9 +524,8 @@ class Llama:
         tokens = list(prompt) if not isinstance(prompt, (str, bytes)) else self.tokenize(prompt)
         if not tokens:
             raise ValueError("the prompt is empty")
-        if len(tokens) > self.n_ctx_seq:
-            raise ValueError(f"the prompt has {len(tokens)} tokens, more than a sequence's context window "
-                             f"({self.n_ctx_seq} = n_ctx / n_seq_max)")
+        if len(tokens) > self._n_ctx:
+            raise ValueError(f"the prompt has {len(tokens)} tokens, more than the context window (n_ctx={self._n_ctx})")
         self.detokenize(tokens)  # validates the ids
         layers = (self.validate_layers(layers, allow_embeddings=True) if layers is not None
                   else self.default_latent_layers(min(8, self.n_layer())))

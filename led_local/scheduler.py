@@ -6,9 +6,18 @@ cells hold (its cached prefix); a *job* is one request: a prompt, n samples, sam
 strings and limits (or, for `Llama.latents`, a readout of the prompt's last row). A job takes n free slots
 when admitted. Sample 0 gets the free slot whose cache shares the longest prefix with the prompt, so only
 the rest of the prompt is evaluated; when the prompt is in, samples 1..n-1 get a copy of its cells
-(llama_memory_seq_cp). A finished job frees its slots, which keep their cells as cache for the next job.
-Each slot is one KV stream of n_ctx / n_seq_max cells (llama-server's -c with -np): a sample ends with
-"length" when its stream is full.
+(llama_memory_seq_cp: the cells are shared, not copied). A finished job frees its slots, which keep their
+cells as cache for the next job.
+
+The KV cache is one pool of n_ctx cells shared by every slot (llama.cpp's unified KV cache, llama-server's
+`--kv-unified`): a request may use all of it, as with llama-cpp-python. Admission reserves what a job may
+need: its prompt's cells plus, per sample, max_tokens - 1 (the last token is never decoded), capped at the
+pool. Idle slots' cached prefixes fill the rest and are evicted, least recently used first, when a job needs
+their room. A job that does not fit waits behind the ones running (first come, first served); one that
+cannot fit even alone is refused at the call. A job without max_tokens reserves only its prompt and grows
+into cells no one has reserved: a sample of it ends with "length" when there are none left, which on a
+busy pool can be sooner than alone (the one place where load changes a result; give max_tokens to rule it
+out).
 
 One step (`Scheduler.step`):
  1. admit waiting jobs, first come first served, into free slots;
@@ -22,10 +31,10 @@ One step (`Scheduler.step`):
 Who runs the steps: the thread consuming a job's results (`Scheduler.results`), or a background driver
 (`Scheduler.drive`, the server's); either way one step at a time, under the Llama's lock.
 
-Determinism: every sequence has its own seeded sampler, its own row of every decode and its own KV stream,
-whose cells stay in position order (a cached prefix is only ever cut at its end). The CPU kernels compute
-a quantized model's row the same whatever else is in the batch and however the prompt was chunked, so a
-seeded job gives the same tokens alone, beside others, or after a cached prefix (README, "Determinism").
+Determinism: every sequence has its own seeded sampler and its own row of every decode; in the shared pool
+its attention reads only its own cells (flash attention skips the masked ones). The CPU kernels compute
+a quantized model's row the same whatever else is in the batch, so a seeded job gives the same tokens
+alone, beside others, or after a cached prefix (README, "Determinism", says where the last bits can move).
 """
 
 from __future__ import annotations
@@ -117,6 +126,10 @@ class Job:
     watch: tuple[tuple[int, ...], bool] | None = None
     observe: Callable[[int, list[int]], None] | None = None
     reuse: bool = True        # may start from a cached prefix
+
+    # cells of the shared pool: reserved at admission (see the module's docstring) and held so far
+    reserve: int = 0
+    held: int = 0
 
     # filled by the scheduler
     usage: dict = field(default_factory=dict)
@@ -216,7 +229,7 @@ class Scheduler:
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
         self.latent = _LatentSet()
-        self.capacity = llama.n_ctx_seq  # cells of one slot
+        self.capacity = llama.n_ctx()    # cells of the pool, shared by the slots
         self.decodes = 0                 # llama_decode calls so far (how much the jobs shared them)
         self._clock = itertools.count(1)
 
@@ -232,9 +245,8 @@ class Scheduler:
                              f"create Llama(..., n_seq_max={job.n})")
         if len(job.prompt) + (1 if job.readout is None else 0) > self.capacity:
             raise ValueError(
-                f"the prompt has {len(job.prompt)} tokens, which leaves no room in a sequence's context window "
-                f"({self.capacity} = n_ctx {self.llama.n_ctx()} / n_seq_max {len(self.slots)}); shorten it or "
-                "create Llama(..., n_ctx=larger)")
+                f"the prompt has {len(job.prompt)} tokens, which leaves no room to generate in the context window "
+                f"(n_ctx={self.capacity}); shorten it or create Llama(..., n_ctx=larger)")
 
     def require_idle(self, what: str) -> None:
         with self.lock:
@@ -341,9 +353,13 @@ class Scheduler:
                 continue
             if not self.latent.compatible(needs):
                 return
+            first, rest, keep = self._choose_slots(job, free)
+            job.reserve = self._reservation(job)
+            if not self._make_room(max(job.reserve, keep), mine=[first, *rest], freed=self._cells_freed(first, rest)):
+                return  # it waits until running jobs end (it fits alone: check() refused any that cannot)
             self.waiting.popleft()
             try:
-                self._start(job, free, needs)
+                self._start(job, first, rest, keep, needs)
             except Exception as e:
                 job.error = e
                 self._finish(job, None)
@@ -360,7 +376,38 @@ class Scheduler:
             norm = job.watch[1]
         return (layers, with_logits, norm)
 
-    def _start(self, job: Job, free: list[Slot], needs: tuple) -> None:
+    # --- the pool of KV cells -----------------------------------------------------------------------------
+
+    def _reservation(self, job: Job) -> int:
+        """Cells the job may need: its prompt, and each sample's decoded tokens (max_tokens - 1, or none
+        reserved without max_tokens), at most the pool."""
+        if job.readout is not None or job.max_tokens is None:
+            return len(job.prompt)
+        per_sample = min(max(job.max_tokens - 1, 0), self.capacity - len(job.prompt))
+        return min(self.capacity, len(job.prompt) + job.n * per_sample)
+
+    def _free_cells(self) -> int:
+        """Cells neither reserved by a running job nor holding an idle slot's cache. Counting each slot's
+        tokens on its own over-counts cells that samples share, so this never promises cells llama.cpp lacks."""
+        idle = sum(len(s.tokens) for s in self.slots if s.job is None)
+        return self.capacity - idle - sum(max(j.reserve, j.held) for j in self.running)
+
+    @staticmethod
+    def _cells_freed(first: Slot, rest: list[Slot]) -> int:
+        return len(first.tokens) + sum(len(s.tokens) for s in rest)
+
+    def _make_room(self, cells: int, mine: list[Slot] = (), freed: int = 0) -> bool:
+        """Evict idle slots' caches (least recently used first, never `mine`) until `cells` fit; `freed`:
+        cached cells that taking `mine` releases. Returns whether they fit."""
+        victims = sorted((s for s in self.slots if s.job is None and s not in mine and s.tokens),
+                         key=lambda s: s.last_used)
+        while self._free_cells() + freed < cells:
+            if not victims:
+                return False
+            self._truncate(victims.pop(0), 0)
+        return True
+
+    def _choose_slots(self, job: Job, free: list[Slot]) -> tuple[Slot, list[Slot], int]:
         # sample 0: the free slot whose cache shares the longest prefix with the prompt (then the least
         # recently used); the others: the least recently used of the rest
         def reuse(slot: Slot) -> int:
@@ -369,6 +416,9 @@ class Scheduler:
         first = max(free, key=lambda s: (reuse(s), -s.last_used))
         rest = sorted((s for s in free if s is not first), key=lambda s: s.last_used)[: job.n - 1]
         keep = min(reuse(first), len(job.prompt) - 1)  # the last prompt token is evaluated again: its row
+        return first, rest, keep
+
+    def _start(self, job: Job, first: Slot, rest: list[Slot], keep: int, needs: tuple) -> None:
         self._truncate(first, keep)
         for slot in rest:
             self._truncate(slot, 0)
@@ -378,7 +428,7 @@ class Scheduler:
         job.latent_index = self.latent.add(needs)
         if job.watch is not None:
             job.watch_index = [self.latent.layers.index(il) for il in job.watch[0]]
-        job.prefilled = job.cached_tokens = keep
+        job.prefilled = job.cached_tokens = job.held = keep
         job.usage["prompt_tokens_details"]["cached_tokens"] = keep
         if job.readout is None:
             n_own = len(job.spec.graph_needs(self.llama)[0])  # the sampler's blocks come first
@@ -420,14 +470,22 @@ class Scheduler:
                         s.finish_reason, s.cut = "stop", True
                 if s.finish_reason is None and job.max_tokens is not None and len(s.tokens) >= job.max_tokens:
                     s.finish_reason = "length"
-                if s.finish_reason is None and n_prompt + len(s.tokens) > self.capacity:
-                    s.finish_reason = "length"  # its stream has no cell left for this token
+                if s.finish_reason is None and not self._cell_for(job):
+                    s.finish_reason = "length"  # the pool has no cell left for this token
             if s.finish_reason is None:
                 s.pending_token = token
+                job.held += 1
         job.usage["total_tokens"] = n_prompt + job.usage["completion_tokens"]
         self._emit(job)
         if all(s.finish_reason is not None for s in job.seqs):
             self._finish(job, None)
+
+    def _cell_for(self, job: Job) -> bool:
+        """Whether one more token of the job has a cell: within its reservation, or else a cell no one has
+        reserved (evicting idle caches for it)."""
+        if job.held < job.reserve:
+            return True
+        return job.held < self.capacity and self._make_room(1)
 
     def _emit(self, job: Job) -> None:
         for s in job.seqs:
@@ -493,6 +551,7 @@ class Scheduler:
                 continue
             first = job.seqs[0].slot
             end = min(len(job.prompt), job.prefilled + budget)
+            job.held += end - job.prefilled
             for pos in range(job.prefilled, end):
                 last = pos == len(job.prompt) - 1
                 entries.append((job.prompt[pos], pos, first.seq, last))

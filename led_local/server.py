@@ -241,7 +241,17 @@ class Driver:
                 self.scheduler.cancel(job)
 
 
-def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+def access_line(request: Request, status: int, usage: dict | None, started: float) -> str:
+    """One line per request, as llama-server and uvicorn log them: who, what, the status, tokens and time."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "-"
+    tokens = (f" {usage.get('prompt_tokens', 0)}+{usage.get('completion_tokens', 0)} tokens" if usage else "")
+    return (f'{client} "{request.method} {request.url.path}" {status}{tokens} '
+            f"{(time.perf_counter() - started) * 1000:.0f} ms")
+
+
+def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: Limits | None = None,
+               log: Callable[[str], None] | None = None) -> FastAPI:
+    """`log`: where the access log's lines go (None: nowhere)."""
     limits = limits or Limits(max_n=llama.n_seq_max, max_tokens=2048)
     driver = Driver(llama)
     app = FastAPI(title="led-local", version="0.1.0")
@@ -252,6 +262,17 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         if api_key is not None and request.headers.get("authorization", "") != f"Bearer {api_key}":
             return error_response(ApiError("Incorrect API key provided.", status=401, code="invalid_api_key"))
         return await call_next(request)
+
+    # added last, so outermost: a refused key is logged too
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        started = time.perf_counter()
+        request.state.started = started
+        response = await call_next(request)
+        # a stream logs itself when it ends (its status is sent long before its tokens)
+        if log is not None and not getattr(request.state, "streaming", False):
+            log(access_line(request, response.status_code, getattr(request.state, "usage", None), started))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):
@@ -276,7 +297,12 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         return {"object": "list", "data": [{"id": model_id, "object": "model", "created": int(time.time()),
                                             "owned_by": "led-local"}]}
 
-    async def respond(body: _Common, tokens: Callable[[], list[int]], rendered: "chat.Rendered | None",
+    def generation_only() -> None:
+        if llama.embedding:
+            raise ApiError("this server was started with --embedding and serves only /v1/embeddings; start another "
+                           "`led-local serve` without --embedding to generate", status=501, kind="not_implemented_error")
+
+    async def respond(request: Request, body: _Common, tokens: Callable[[], list[int]], rendered: "chat.Rendered | None",
                       default_max_tokens: int | None = None, text_offset: int = 0, echo: str = ""):
         """`rendered`: a chat request's template rendering; None: a completion."""
         kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
@@ -297,12 +323,16 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
                 deltas = [d async for d in driver.deltas(job)]
             except ConnectionError as e:
                 raise _to_api_error(e) from None
-            return shape.response(deltas)
+            result = shape.response(deltas)
+            request.state.usage = result.get("usage") if isinstance(result, dict) else None
+            return result
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        request.state.streaming = True
 
         async def events():
             gen = driver.deltas(job)
+            status = 200
             try:
                 async for d in gen:
                     chunk = shape.chunk(d)
@@ -313,9 +343,12 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
                 yield {"data": "[DONE]"}
             except Exception as e:  # noqa: BLE001  (the stream has started: the error goes in it)
                 err = _to_api_error(e) or ApiError(str(e), status=500, kind="server_error")
+                status = err.status
                 yield {"data": json.dumps({"error": {"message": err.message, "type": err.kind}})}
             finally:
                 await gen.aclose()  # a client that went away cancels its job at the next step
+                if log is not None:
+                    log(access_line(request, status, shape.last_chunk().get("usage"), request.state.started))
 
         return EventSourceResponse(events(), ping=15)
 
@@ -336,14 +369,16 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         return out
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(request: Request, body: CompletionRequest):
+        generation_only()
         tokens = (lambda: completion_prompt_tokens(llama, body.prompt)) if not body.suffix else \
             (lambda: fim_prompt_tokens(llama, body.prompt, body.suffix))
-        return await respond(body, tokens, None, 16, len(body.prompt),
+        return await respond(request, body, tokens, None, 16, len(body.prompt),
                              body.prompt if body.echo else "")
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest):
+    async def chat_completions(request: Request, body: ChatRequest):
+        generation_only()
         try:
             tokens, rendered = chat_prompt(llama, body.messages, body.tools, body.tool_choice, body.parallel_tool_calls)
         except ValueError as e:
@@ -352,6 +387,6 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
             body.grammar, body.stop = chat_constraints(rendered, body.grammar, body.response_format, body.stop)
         except ValueError as e:
             raise ApiError(str(e), "response_format") from None
-        return await respond(body, lambda: tokens, rendered)
+        return await respond(request, body, lambda: tokens, rendered)
 
     return app

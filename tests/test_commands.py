@@ -140,7 +140,12 @@ def test_chat_repl(repl, tmp_path):
     c.expect("you> ")  # an answer was streamed and the prompt is back
     c.sendline("/stats")
     c.expect(r"tokens/s")
-    c.expect("LED explored")
+    c.expect(r"led: 1 answer\(s\), \d+ tokens, [\d.]+ tokens/s, explored [\d.]+% of its tokens")
+    c.expect("you> ")
+    c.sendline("/set temperature=abc")
+    c.expect("error: temperature takes a number, got 'abc'")
+    c.sendline(f"/save {tmp_path}/no/such/dir/x.json")
+    c.expect("error: cannot save to .*x.json: the folder .*dir does not exist")
     c.expect("you> ")
     c.sendline("/set temperature=0.2")
     c.expect("temperature = 0.2")
@@ -149,6 +154,11 @@ def test_chat_repl(repl, tmp_path):
     c.sendline("/sampler standard")
     c.expect("sampler: standard")
     c.sendline("and again")
+    c.expect("you> ")
+    c.sendline("/stats")
+    c.expect(r"last answer \(standard\)")
+    c.expect(r"led: 1 answer\(s\)")
+    c.expect(r"standard: 1 answer\(s\), \d+ tokens, [\d.]+ tokens/s\r?\n")  # no explored share for standard
     c.expect("you> ")
     save = tmp_path / "conv.json"
     c.sendline(f"/save {save}")
@@ -189,6 +199,9 @@ def test_chat_reset_and_history(repl, tmp_path):
     c.sendline("first question")
     c.expect("you> ")
     c.sendline("/reset")
+    c.expect("you> ")
+    c.sendline("/stats")
+    c.expect("no answer yet")  # the statistics went with the conversation
     c.expect("you> ")
     save = tmp_path / "after-reset.json"
     c.sendline(f"/save {save}")
@@ -270,13 +283,22 @@ def test_chat_says_once_when_led_will_rarely_explore(tmp_path, smollm2_path):
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "models").symlink_to(smollm2_path.parent)  # the registry key, from the warm cache
     c = spawn_chat("smollm2-135m", tmp_path, "--max-tokens", "4")
-    c.expect("no latent entropy reservoir")
-    c.expect("--model qwen2.5-coder-1.5b has one")
+    c.expect("no more entropic than its final layer")
+    c.expect("LED still explores on unsure steps")
+    c.expect("--model qwen2.5-coder-1.5b has a reservoir")
     c.expect("you> ")
     c.sendline("/sampler standard")
     c.expect("you> ")
     c.sendline("/sampler led")
-    i = c.expect(["no latent entropy reservoir", "you> "])
+    i = c.expect(["no more entropic than its final layer", "you> "])
     assert i == 1  # once only
     leave(c)
     c.expect(pexpect.EOF)
+
+
+def test_generate_says_when_max_tokens_cut_the_answer(tiny_paths):
+    """On stderr, so a pipe of the answer stays the answer; nothing when the answer ended on its own."""
+    r = _cli("generate", "the cat", "--model", str(tiny_paths["qwen2-no-eos"]), "--threads", "1", "--max-tokens", "3",
+             "--no-chat", "--d", "4")
+    assert r.returncode == 0, r.stderr
+    assert "[cut at max_tokens=3" in r.stderr and "cut at" not in r.stdout

@@ -224,3 +224,30 @@ def test_eval_interrupt_loses_nothing(tmp_path, tiny_paths, sig):
 def test_eval_errors_exit_2(args):
     r = _cli(*args)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _strict(text: str) -> dict:
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_eval_drops_ks_above_n_writes_strict_json_and_report_keeps_the_runs_ks(tmp_path, tiny_paths):
+    """`--n 1` alone runs (pass@4 and pass@16 of the default left out, with a note); one problem's standard
+    error is null in summary.json, not a bare NaN; `--report DIR` without --k shows the run's ks again. LED's
+    k is `--led-k` (the old `--k-led` still taken)."""
+    out = tmp_path / "run"
+    r = _cli("eval", str(MINI), "--model", str(tiny_paths["qwen2-untied-think"]), "--threads", "1", "--n", "1",
+             "--limit", "1", "--max-tokens", "4", "--d", "4", "--led-k", "4", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "pass@4,16 left out" in r.stderr
+    summary = _strict((out / "summary.json").read_text())
+    led = summary["samplers"]["led"]
+    assert list(led["pass_at_k"]) == ["1"] and led["pass_at_k"]["1"]["se"] is None
+    assert led["settings"]["sampling"]["led"]["k"] == 4
+    r = _cli("eval", str(MINI), "--model", str(tiny_paths["qwen2-untied-think"]), "--threads", "1", "--n", "2",
+             "--k", "1,2", "--limit", "1", "--max-tokens", "4", "--d", "4", "--k-led", "4", "--out", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr
+    r = _cli("eval", "--report", str(tmp_path / "two"))
+    assert r.returncode == 0, r.stderr
+    assert list(_strict((tmp_path / "two" / "summary.json").read_text())["samplers"]["led"]["pass_at_k"]) == ["1", "2"]

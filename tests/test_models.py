@@ -3,6 +3,8 @@ that does not hash to the registry's sha256 is never handed out, fresh or from a
 
 from __future__ import annotations
 
+import re
+import time
 import zipfile
 from pathlib import Path
 
@@ -65,3 +67,20 @@ def test_damaged_cache_of_the_right_size_is_fetched_again(local_index):
     path.write_bytes(b"XXXX" + PAYLOAD[4:])  # same size, other bytes (and a new modification time)
     assert not models.is_cached(key)
     assert models.pull(key, quiet=True).read_bytes() == PAYLOAD
+
+
+def test_a_fetch_shows_its_progress(local_index, capsys, tmp_path):
+    """Bytes, share, rate and time left while a download grows (a line per 10 % where stderr is no terminal),
+    and the whole size at the end."""
+    folder = tmp_path / "growing"
+    folder.mkdir()
+    with models.Progress(folder, expected=1_000_000, interval=0.02):
+        for i in range(3):
+            (folder / f"part{i}").write_bytes(b"x" * 300_000)
+            time.sleep(0.15)
+    lines = capsys.readouterr().err.splitlines()
+    assert any(re.search(r"0 / 1 MB \((30|60|90)%\), [\d.]+ MB/s, about \d+ s left", ln) for ln in lines), lines
+    assert re.search(r"1 / 1 MB \(100%\)", lines[-1]), lines
+    key = local_index(models.hashlib.sha256(PAYLOAD).hexdigest())
+    models.pull(key)
+    assert "(100%)" in capsys.readouterr().err.splitlines()[-1]

@@ -241,3 +241,77 @@ def test_save_and_load_state_continue_identically(smollm2_path):
     with Llama(smollm2_path, n_threads=1, n_seq_max=2, n_ctx=1024) as other:
         with pytest.raises(ValueError, match="another model or context size"):
             other.load_state(state)
+
+
+# --- the KV pool: one n_ctx of cells shared by the slots (llama.cpp's unified KV cache) -----------------------
+
+def _steps(result) -> list[list[int]]:
+    return [[t["token"] for t in c["led_trace"]["steps"]] for c in result["choices"]]
+
+
+def test_one_request_may_use_the_whole_context(tiny_paths):
+    """llama-cpp-python's n_ctx: a prompt of 3,500 tokens runs in Llama(n_ctx=4096) with the default 8 slots
+    (it used to be refused: each slot had n_ctx / 8 = 512 cells)."""
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_ctx=4096) as llm:
+        assert llm.n_seq_max == 8 and llm.n_ctx() == 4096
+        prompt = [(7 * i) % 250 + 3 for i in range(3500)]
+        r = llm.create_completion(prompt, max_tokens=4, temperature=0)
+        assert r["usage"]["prompt_tokens"] == 3500 and r["choices"][0]["finish_reason"] == "length"
+        with pytest.raises(ValueError, match=r"n_ctx=4096"):
+            llm.create_completion([5] * 4096, max_tokens=4)
+
+
+def test_parallel_samples_share_their_prompts_cells(tiny_paths):
+    """n=8 on a 1,000-token prompt fits in n_ctx=2048: the samples share the prompt's cells (1,000 + 8 x 32),
+    and equal the same seeds run one by one."""
+    prompt = [(11 * i) % 250 + 3 for i in range(1000)]
+    kw = dict(max_tokens=32, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, trace=True)
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_ctx=2048, n_seq_max=8) as llm:
+        together = llm.create_completion(prompt, n=8, seed=3, **kw)
+        assert all(c["finish_reason"] == "length" for c in together["choices"])
+        alone = [_steps(llm.create_completion(prompt, n=1, seed=3 + i, **kw))[0] for i in range(8)]
+    assert _steps(together) == alone
+
+
+def test_requests_that_do_not_fit_together_wait_and_then_run_as_alone(tiny_paths):
+    """Two requests each reserving most of the pool: the second waits for the first (first come, first served)
+    and both give the tokens they give alone."""
+    a = [(3 * i) % 250 + 3 for i in range(150)]
+    b = [(5 * i) % 250 + 3 for i in range(150)]
+    kw = dict(max_tokens=250, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, trace=True, seed=9)
+    spec = StandardSampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_ctx=512, n_seq_max=4, prefix_cache=False) as llm:
+        solo = [_steps(llm.create_completion(p, **kw))[0] for p in (a, b)]
+        sched = llm._scheduler
+        jobs = [sched.submit(Job(prompt=p, max_tokens=250, spec=spec, seed=9)) for p in (a, b)]
+        sched.step()
+        assert sched.running == [jobs[0]] and sched.queued == 1  # 150 + 249 cells each: not both in 512
+        for job in jobs:
+            for _ in sched.results(job):
+                pass
+        out: dict = {}
+        threads = [threading.Thread(target=lambda i=i, p=p: out.__setitem__(i, _steps(llm.create_completion(p, **kw))[0]))
+                   for i, p in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [out[0], out[1]] == solo
+
+
+def test_a_sequence_blocked_at_the_end_of_the_pool_is_packed_and_stays_exact(tiny_paths):
+    """Cells stay in position order per sequence (patch 0005). A request that grows past the pool's last cell
+    while free cells lie before it (an evicted cache) gets the pool packed, and gives the tokens it gives on
+    an empty pool."""
+    cached = [(13 * i) % 250 + 3 for i in range(200)]
+    grow = [(17 * i) % 250 + 4 for i in range(20)]  # shares no prefix with the cache
+    kw = dict(max_tokens=None, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, trace=True, seed=4)
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_ctx=256, n_seq_max=2) as llm:
+        alone = llm.create_completion(grow, **kw)
+        assert llm.compactions == 0
+    with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_ctx=256, n_seq_max=2) as llm:
+        llm.create_completion(cached, max_tokens=1)      # 200 cells cached at the pool's start
+        packed = llm.create_completion(grow, **kw)      # placed after them, then grows into the evicted cache
+        assert llm.compactions >= 1
+    assert _steps(packed) == _steps(alone) and packed["choices"][0]["finish_reason"] == "length"
+    assert packed["usage"]["completion_tokens"] == alone["usage"]["completion_tokens"] == 256 - 20 + 1

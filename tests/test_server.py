@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -427,8 +428,10 @@ def test_embeddings_endpoint(tiny_paths, client):
         floats = emb.embeddings.create(model="x", input="the cat", encoding_format="float")
         with pytest.raises(openai.BadRequestError):
             emb.embeddings.create(model="x", input="the cat", dimensions=8)
-        with pytest.raises(openai.BadRequestError):
+        with pytest.raises(openai.APIStatusError) as e:
             emb.chat.completions.create(model="x", messages=CHAT, max_tokens=2)
+        message = e.value.response.json()["error"]["message"]  # in the server's words, not the Python API's
+        assert e.value.status_code == 501 and "started with --embedding" in message and "Llama" not in message
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -439,3 +442,29 @@ def test_embeddings_endpoint(tiny_paths, client):
     np.testing.assert_allclose([d.embedding for d in got.data], want, atol=1e-6)
     np.testing.assert_allclose(floats.data[0].embedding, want[0], atol=1e-6)
     assert got.usage.prompt_tokens > floats.usage.prompt_tokens > 0
+
+
+def test_access_log_one_line_per_request_and_quiet(tiny_paths):
+    """`serve` logs method, path, status, prompt+completion tokens and time per request (a stream when it
+    ends); `--quiet` logs nothing."""
+    for quiet in (False, True):
+        proc, base = start_server(tiny_paths["qwen2-no-eos"], *(["--quiet"] if quiet else []))
+        try:
+            httpx.post(f"{base}/completions", json={"prompt": "the cat", "max_tokens": 3}, timeout=60)
+            with httpx.stream("POST", f"{base}/completions", timeout=60,
+                              json={"prompt": "the cat", "max_tokens": 4, "stream": True}) as r:
+                for _ in r.iter_lines():
+                    pass
+            httpx.post(f"{base}/completions", json={"prompt": "x", "max_tokens": 0}, timeout=60)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        lines = [ln for ln in proc.stderr.read().splitlines() if '"POST /v1/completions"' in ln]
+        if quiet:
+            assert lines == []
+            continue
+        assert len(lines) == 3, lines
+        assert re.search(r'"POST /v1/completions" 200 \d+\+3 tokens \d+ ms$', lines[0]), lines[0]
+        assert re.search(r'"POST /v1/completions" 200 \d+\+4 tokens \d+ ms$', lines[1]), lines[1]
+        assert re.search(r'"POST /v1/completions" 400 \d+ ms$', lines[2]), lines[2]
+

@@ -8,14 +8,16 @@ window by dropping its oldest turns, with a notice. `<think>` sections are shown
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
-from .. import models
+from .. import diagnostics, models
 from ..generate import chat_prompt_tokens
 from ..sampling import LEDConfig
 from .common import USER_ERRORS, model_options, one_line_errors, open_model, sampler_options, sampling_kwargs
@@ -72,20 +74,25 @@ class Session:
     last: dict = field(default_factory=dict)
     model_key: str | None = None   # the registry key, when the model came from the registry
     noticed: bool = False
-    total_tokens: int = 0
-    total_explored: int = 0
-    total_steps: int = 0
+    # per sampler: answers' tokens and seconds, and LED's explored steps (/stats; /reset clears them)
+    stats: dict = field(default_factory=dict)
 
     def reservoir_notice(self) -> None:
-        """Once: LED on a model measured to have no latent entropy reservoir will rarely explore."""
-        entry = models.REGISTRY.get(self.model_key or "")
-        if self.sampler != "led" or self.noticed or entry is None or entry.latent_reservoir is not False:
+        """Once, for LED: what the model's measured entropy profile says LED can do on it."""
+        if self.sampler != "led" or self.noticed:
+            return
+        measured = diagnostics.measured_reservoir(self.llm.model_path, self.model_key)
+        if measured is None or measured["has_reservoir"]:
             return
         self.noticed = True
         better = next((m.key for m in models.REGISTRY.values() if m.latent_reservoir), None)
+        figures = (f" (LED's blocks {measured['led_blocks_raw']:.3f} against the final layer's {measured['final']:.3f})"
+                   if "final" in measured else "")
         click.echo(click.style(
-            f"note: {entry.key}'s last blocks hold no latent entropy reservoir (`led-local entropy-profile`), so "
-            "LED will rarely explore on it" + (f"; --model {better} has one" if better else ""), fg="yellow"))
+            f"note: this model's last blocks are no more entropic than its final layer{figures}, measured with "
+            "`led-local entropy-profile`: LED still explores on unsure steps, but its draws there stay close to the "
+            "final layer's top-k, so expect answers like standard sampling's"
+            + (f"; --model {better} has a reservoir" if better else ""), fg="yellow"))
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
@@ -123,6 +130,16 @@ def chat_prompt_tokens_unchecked(llm, messages: list[dict]) -> list[int]:
 
 
 def _coerce(key: str, value: str, settings: dict):
+    try:
+        return _coerce_value(key, value, settings)
+    except ValueError as e:
+        if "invalid literal" in str(e) or "could not convert" in str(e):
+            kind = "an integer" if isinstance(settings[key], int) or key == "seed" else "a number"
+            raise ValueError(f"{key} takes {kind}, got {value!r}") from None
+        raise
+
+
+def _coerce_value(key: str, value: str, settings: dict):
     current = settings[key]
     if isinstance(current, bool):
         if value.lower() in ("1", "true", "on", "yes"):
@@ -178,26 +195,27 @@ def handle_command(session: Session, line: str) -> bool:
         session.system, session.turns = (arg or None), []
         click.echo("system message set; conversation restarted" if arg else "system message cleared")
     elif cmd == "reset":
-        session.turns = []
-        click.echo("conversation reset")
+        session.turns, session.last, session.stats = [], {}, {}
+        click.echo("conversation and statistics reset")
     elif cmd == "stats":
         last = session.last
-        explored = (f", LED explored {session.total_explored / session.total_steps:.1%} of its tokens"
-                    if session.total_steps else "")
-        if last:
-            click.echo(f"last answer: {last['tokens']} tokens in {last['seconds']:.2f}s = {last['tok_s']:.1f} tokens/s; "
-                       f"total {session.total_tokens} tokens{explored}")
-        else:
+        if not last:
             click.echo("no answer yet")
+            return True
+        click.echo(f"last answer ({last['sampler']}): {last['tokens']} tokens in {last['seconds']:.2f}s = "
+                   f"{last['tok_s']:.1f} tokens/s")
+        for sampler, st in session.stats.items():
+            speed = st["tokens"] / st["seconds"] if st["seconds"] > 0 else 0.0
+            explored = (f", explored {st['explored'] / st['tokens']:.1%} of its tokens"
+                        if sampler == "led" and st["tokens"] else "")
+            click.echo(f"  {sampler}: {st['answers']} answer(s), {st['tokens']} tokens, {speed:.1f} tokens/s{explored}")
     elif cmd == "save":
         if not arg:
             raise ValueError("/save takes a file name")
         path = Path(arg).expanduser()
         data = {"model": session.llm.model_path, "sampler": session.sampler, "settings": session.settings,
                 "messages": session.messages()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(path)
+        save_json(path, data)
         click.echo(f"saved to {path}")
     elif cmd in ("quit", "exit"):
         return False
@@ -206,12 +224,31 @@ def handle_command(session: Session, line: str) -> bool:
     return True
 
 
+def save_json(path: Path, data: object) -> None:
+    """Whole or not at all: a temporary file of its own beside the target (never a predictable name that a
+    link could redirect), renamed over it."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot save to {path}: the folder {folder} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.")
+    except OSError as e:
+        raise ValueError(f"cannot save to {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ValueError(f"cannot save to {path}: {e.strerror}") from None
+
+
 def answer(session: Session, user_text: str) -> None:
     session.turns.append({"role": "user", "content": user_text})
     dropped = session.fit_context()
     if dropped:
         click.echo(click.style(f"(dropped the {dropped} oldest turn(s) to fit the context window)", fg="yellow"))
-    styler, text, reasoning, steps, explored = ThinkStyler(), "", "", 0, 0
+    styler, text, reasoning, steps, explored, finish = ThinkStyler(), "", "", 0, 0, None
     t0 = time.perf_counter()
     chunks = session.llm.create_chat_completion(session.messages(), max_tokens=session.settings["max_tokens"],
                                                 stream=True, trace=True, **session.sampling())
@@ -234,19 +271,24 @@ def answer(session: Session, user_text: str) -> None:
                 for t in c.get("led_trace", []):
                     steps += 1
                     explored += bool(t.get("explored"))
+                finish = c.get("finish_reason") or finish
     except KeyboardInterrupt:
         chunks.close()
         show(styler.feed("", final=True))
         click.echo(click.style(" [interrupted]", fg="yellow"), nl=False)
     show(styler.feed("", final=True))
+    if finish == "length":
+        click.echo(click.style(f" [cut at max_tokens={session.settings['max_tokens']}]", fg="yellow"), nl=False)
     click.echo()
     seconds = time.perf_counter() - t0
     session.turns.append({"role": "assistant", "content": text} | ({"reasoning_content": reasoning} if reasoning else {}))
-    session.last = {"tokens": steps, "seconds": seconds, "tok_s": steps / seconds if seconds > 0 else 0.0}
-    session.total_tokens += steps
-    if session.sampler == "led":
-        session.total_steps += steps
-        session.total_explored += explored
+    session.last = {"sampler": session.sampler, "tokens": steps, "seconds": seconds,
+                    "tok_s": steps / seconds if seconds > 0 else 0.0}
+    st = session.stats.setdefault(session.sampler, {"answers": 0, "tokens": 0, "seconds": 0.0, "explored": 0})
+    st["answers"] += 1
+    st["tokens"] += steps
+    st["seconds"] += seconds
+    st["explored"] += explored
 
 
 def _reader():

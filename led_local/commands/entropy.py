@@ -56,6 +56,7 @@ def entropy_profile(model, threads, placement, prompts, limit, max_tokens, tempe
         click.echo(f"{b:>5}  {prof.raw[b]:>9.4f}  {prof.normed[b]:>11.4f}{mark}")
     click.echo(f"{'final':>5}  {prof.final:>9.4f}")
     click.echo(prof.verdict())
+    diagnostics.remember_profile(llm.model_path, prof)  # `led-local chat` states it for this model
     out = Path(plot_path or f"entropy-{name}.png")
     diagnostics.plot_profile(prof, out, title=f"{name}: entropy profile (T={temperature})")
     click.echo(f"plot: {out}")

@@ -38,12 +38,13 @@ def _int_list(value: str, name: str) -> list[int]:
 @click.option("--sampler", type=click.Choice(["led", "standard", "dola"]), default="led", show_default=True)
 @click.option("--compare", default=None, help="comma-separated samplers to run on the same problems and seeds")
 @click.option("--n", "n", type=click.IntRange(1, 64), default=16, show_default=True, help="samples per problem")
-@click.option("--k", "ks", default="1,4,16", show_default=True, help="pass@k values to report")
+@click.option("--k", "ks", default=None, help="pass@k values to report [default: 1,4,16; with --report: the run's]")
 @click.option("--limit", type=click.IntRange(1), default=None, help="first N problems only")
 @click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True)
 @click.option("--temperature", "-t", type=click.FloatRange(0.0), default=0.6, show_default=True)
 @click.option("--d", "led_d", type=click.IntRange(1), default=8, show_default=True, help="LED depths")
-@click.option("--k-led", "led_k", type=click.IntRange(1), default=8, show_default=True, help="LED candidates")
+@click.option("--led-k", "--k-led", "led_k", type=click.IntRange(1), default=8, show_default=True,
+              help="LED candidates (--k-led: the old spelling)")
 @click.option("--latent-norm/--no-latent-norm", default=False, show_default=True)
 @click.option("--dola-layers", default="high", show_default=True, help="low, high, or comma-separated layers")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
@@ -53,9 +54,9 @@ def _int_list(value: str, name: str) -> list[int]:
 def eval_command(dataset, model, threads, placement, sampler, compare, n, ks, limit, max_tokens, temperature, led_d, led_k,
                  latent_norm, dola_layers, seed, out_dir, report_dir):
     """Sample every problem n times per sampler and report pass@k (Chen et al. 2021)."""
-    k_list = _int_list(ks, "--k")
+    k_list = _int_list(ks, "--k") if ks is not None else None
     if report_dir is not None:
-        summary = report.summarize(Path(report_dir), k_list)
+        summary = report.summarize(Path(report_dir), k_list or report.previous_ks(Path(report_dir)))
         click.echo(report.format_table(summary))
         if len(summary["samplers"]) >= 1:
             click.echo(f"plot: {report.plot(summary, Path(report_dir) / 'passk.png')}")
@@ -66,15 +67,22 @@ def eval_command(dataset, model, threads, placement, sampler, compare, n, ks, li
     unknown = [s for s in samplers if s not in ("led", "standard", "dola")]
     if unknown or len(set(samplers)) != len(samplers):
         raise ValueError(f"--compare takes distinct samplers among led, standard, dola; got {compare!r}")
-    if max(k_list) > n:
-        raise ValueError(f"--k {max(k_list)} exceeds --n {n} samples per problem")
+    k_list = k_list or [1, 4, 16]
+    dropped = [k for k in k_list if k > n]
+    k_list = [k for k in k_list if k <= n]
+    if not k_list:
+        raise ValueError(f"every --k value ({ks}) exceeds --n {n} samples per problem; pass@k needs k <= n")
+    if dropped:
+        click.echo(f"note: pass@{','.join(map(str, dropped))} left out: pass@k needs k <= --n {n} samples per problem",
+                   err=True)
     problems = data.load(dataset, limit)
     out = Path(out_dir or f"eval-{Path(dataset).stem}-{Path(model).stem}")
     _stop_cleanly_on_signals()
 
     from tqdm import tqdm
 
-    with open_model(model, threads, placement, n_seq_max=n, n_ctx=n * (1024 + max_tokens)) as llm:  # per sample
+    # the n samples share their prompt's cells in the KV pool: a prompt (<= 1024 tokens) plus each sample's answer
+    with open_model(model, threads, placement, n_seq_max=n, n_ctx=1024 + n * max_tokens) as llm:
         total = len(problems) * n * len(samplers)
         plans = []
         for label in samplers:

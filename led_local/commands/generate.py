@@ -25,7 +25,8 @@ def generate(prompt, model, threads, placement, sampling, chat, n, max_tokens, s
     if prompt == "-":
         prompt = sys.stdin.read()
     kwargs = dict(max_tokens=max_tokens, seed=seed, n=n, **sampling)
-    with open_model(model, threads, placement, n_seq_max=n, n_ctx=n * max(4096, 1024 + max_tokens)) as llm:  # per sample
+    # the n samples share their prompt's cells in the KV pool
+    with open_model(model, threads, placement, n_seq_max=n, n_ctx=max(4096, 1024 + n * max_tokens)) as llm:
         def run(**extra):
             if chat:
                 return llm.create_chat_completion([{"role": "user", "content": prompt}], **kwargs, **extra)
@@ -38,7 +39,11 @@ def generate(prompt, model, threads, placement, sampling, chat, n, max_tokens, s
                 text = c["message"]["content"] if chat else c["text"]
                 click.echo(f"--- sample {c['index']} ({c['finish_reason']})\n{text}")
         else:
+            finish = None
             for chunk in run(stream=True):
                 for c in chunk["choices"]:
                     click.echo(c["delta"].get("content", "") if chat else c["text"], nl=False)
+                    finish = c.get("finish_reason") or finish
             click.echo()
+            if finish == "length":
+                click.echo(f"[cut at max_tokens={max_tokens}: --max-tokens for a longer answer]", err=True)

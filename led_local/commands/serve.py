@@ -16,7 +16,7 @@ from .common import model_options, one_line_errors, open_model
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--api-key", default=None, envvar="LED_LOCAL_API_KEY", help="require `Authorization: Bearer KEY`")
 @click.option("--ctx", "n_ctx", type=click.IntRange(256), default=8192, show_default=True,
-              help="KV cells, split evenly among the slots")
+              help="KV cells, one pool shared by the slots (a request may use all of it)")
 @click.option("--parallel", "-np", type=click.IntRange(1, 64), default=4, show_default=True,
               help="slots: sequences decoded together, each with its cached prompt")
 @click.option("--max-n", type=click.IntRange(1, 64), default=None, help="largest n per request (default: --parallel)")
@@ -27,9 +27,10 @@ from .common import model_options, one_line_errors, open_model
 @click.option("--embedding", is_flag=True, help="serve /v1/embeddings with this model (and no generation)")
 @click.option("--batch-invariant", is_flag=True,
               help="a seeded request gives the same tokens whatever it was batched with (CPU; slower prompts)")
+@click.option("--quiet", "-q", is_flag=True, help="no access log (one line per request on stderr)")
 @one_line_errors
 def serve(model, threads, placement, host, port, api_key, n_ctx, parallel, max_n, max_tokens_limit, max_queue, no_prefix_cache,
-          embedding, batch_invariant):
+          embedding, batch_invariant, quiet):
     """Serve /v1/models, /v1/completions and /v1/chat/completions (with LED and DoLa fields)."""
     import uvicorn
 
@@ -42,9 +43,10 @@ def serve(model, threads, placement, host, port, api_key, n_ctx, parallel, max_n
                     batch_invariant=batch_invariant, embedding=embedding) as llm:
         model_id = model if "/" not in model and not model.endswith(".gguf") else Path(llm.model_path).stem
         app = create_app(llm, model_id, api_key=api_key,
-                         limits=Limits(max_n=max_n, max_tokens=max_tokens_limit, max_queue=max_queue))
-        click.echo(f"led-local serve: {model_id} on http://{host}:{port}/v1, {parallel} slots of "
-                   f"{llm.n_ctx_seq} tokens" + (", batch-invariant kernels" if llm.batch_invariant else "")
+                         limits=Limits(max_n=max_n, max_tokens=max_tokens_limit, max_queue=max_queue),
+                         log=None if quiet else (lambda line: click.echo(f"led-local serve: {line}", err=True)))
+        click.echo(f"led-local serve: {model_id} on http://{host}:{port}/v1, {parallel} slots sharing "
+                   f"{llm.n_ctx()} KV cells" + (", batch-invariant kernels" if llm.batch_invariant else "")
                    + (", embeddings only" if llm.embedding else "")
                    + (" (API key required)" if api_key else ""))
         # SIGTERM / Ctrl-C: uvicorn stops accepting and open streams end (sse-starlette); uvicorn then raises

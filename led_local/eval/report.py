@@ -40,6 +40,15 @@ def exploration_by_outcome(lines: list[dict]) -> dict | None:
             "within_problem_wrong_minus_right": {"mean": mean, "se": se, "problems": len(diffs)}}
 
 
+def previous_ks(out_dir: Path) -> list[int] | None:
+    """The pass@k values the run's last summary reported (what `--report DIR` shows again without --k)."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+        return sorted({int(k) for s in summary["samplers"].values() for k in s["pass_at_k"]}) or None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def summarize(out_dir: Path, ks: list[int] | None = None) -> dict:
     runs = load_runs(out_dir)
     summary: dict = {"samplers": {}, "comparisons": {}}

@@ -10,6 +10,7 @@ process) is dropped on resume, and only the missing samples are generated again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -31,9 +32,20 @@ def settings_path(out_dir: Path, label: str) -> Path:
     return out_dir / f"settings-{label}.json"
 
 
+def strict_json(data: object) -> object:
+    """NaN and infinities as null: JSON has no such numbers, and strict readers (jq, JavaScript) refuse them."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict_json(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json(v) for v in data]
+    return data
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False))
     os.replace(tmp, path)  # a reader never sees a half-written file
 
 

@@ -1,0 +1,81 @@
+"""One KV pool against one KV stream per slot: memory and throughput of n = 8 samples of a 1,000-token prompt.
+
+    python bench/bench_pool.py [--model qwen2.5-coder-1.5b] [--before-python OLD/.venv/bin/python] [--rounds 2]
+
+Each run is a fresh process (one thread) that opens `Llama(n_ctx=..., n_seq_max=8)`, runs the 8 samples of
+64 tokens (end of generation banned, so every sample runs its 64) and reports llama.cpp's KV buffer size (its
+log), the process's peak RSS, and the seconds and tokens/s of the call. Configurations:
+- pool, smallest n_ctx: 1,000 + 8 x 64 = 1,512 (padded by llama.cpp to 1,536): what the shared pool needs;
+- pool, n_ctx 8,512: the same context as the per-slot build needs, to compare speed alone;
+- per-slot (`--before-python`, an install of led-local before the pool, commit 1165e5b): n_ctx 8,512, the
+  smallest where each of the 8 slots holds the prompt and its answer (8 x 1,064).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+
+from _results import save_result
+
+WORKER = r"""
+import json, re, resource, sys, time, os
+from led_local import Llama, models
+path, n_ctx = sys.argv[1], int(sys.argv[2])
+r_fd, w_fd = os.pipe()
+saved = os.dup(2)
+os.dup2(w_fd, 2)                       # llama.cpp's log (verbose) to a pipe, read after the load
+llm = Llama(models.path(path), n_ctx=n_ctx, n_seq_max=8, n_threads=1, verbose=True)
+os.dup2(saved, 2)
+os.close(w_fd)
+log = os.read(r_fd, 1 << 22).decode(errors="replace")
+kv = sum(float(m) for m in re.findall(r"KV buffer size\s*=\s*([\d.]+) MiB", log))
+text = " ".join(f"Sentence {i}: the river carries silt to the delta, where it settles into new land." for i in range(80))
+prompt = llm.tokenize(text)[:1000]
+ban = {llm.token_eos(): -float("inf")}
+t0 = time.perf_counter()
+r = llm.create_completion(prompt, n=8, max_tokens=64, temperature=0.6, seed=0, logit_bias=ban)
+dt = time.perf_counter() - t0
+print(json.dumps({"n_ctx": n_ctx, "kv_mib": kv, "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "seconds": dt, "completion_tokens": r["usage"]["completion_tokens"],
+                  "tok_s": r["usage"]["completion_tokens"] / dt}))
+"""
+
+
+def run(python: str, model: str, n_ctx: int) -> dict:
+    r = subprocess.run([python, "-c", WORKER, model, str(n_ctx)], capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit(f"worker ({python}, n_ctx {n_ctx}) failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="qwen2.5-coder-1.5b")
+    ap.add_argument("--before-python", default=None, help="python of an install with one KV stream per slot")
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    configs = [("pool, n_ctx 1512", sys.executable, 1512), ("pool, n_ctx 8512", sys.executable, 8512)]
+    if args.before_python:
+        configs.append(("per-slot streams, n_ctx 8512", args.before_python, 8512))
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+    for _ in range(args.rounds):  # back to back, alternating
+        for name, python, n_ctx in configs:
+            runs[name].append(run(python, args.model, n_ctx))
+    summary = {}
+    for name, rs in runs.items():
+        summary[name] = {"n_ctx": rs[0]["n_ctx"], "kv_mib": rs[0]["kv_mib"],
+                         "rss_mib": statistics.median(r["rss_mib"] for r in rs),
+                         "tok_s": statistics.median(r["tok_s"] for r in rs),
+                         "completion_tokens": rs[0]["completion_tokens"]}
+        s = summary[name]
+        print(f"{name:32} KV {s['kv_mib']:7.1f} MiB  peak RSS {s['rss_mib']:7.0f} MiB  "
+              f"{s['tok_s']:6.2f} tok/s ({s['completion_tokens']} tokens)")
+    save_result("pool", {"model": args.model, "rounds": args.rounds, "runs": runs, "summary": summary})
+
+
+if __name__ == "__main__":
+    main()
