@@ -49,7 +49,7 @@ def start(kind: str, path: str, parallel: int, ctx: int) -> tuple[subprocess.Pop
                "--port", str(port), "--host", "127.0.0.1", "--no-webui"]
     else:
         cmd = [sys.executable, "-m", "led_local.cli", "serve", "--model", path, "--threads", "1", "--parallel",
-               str(parallel), "--ctx", str(ctx), "--port", str(port), "--max-queue", "1000"]
+               str(parallel), "--ctx", str(ctx), "--port", str(port), "--max-queue", "1000", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     for _ in range(1200):

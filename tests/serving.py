@@ -17,10 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model, *args: str, threads: int = 1, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+def start_server(model, *args: str, threads: int = 1, timeout: float = 60,
+                 access_log: bool = False) -> tuple[subprocess.Popen, str]:
+    """Without `access_log` the server runs `--quiet`: nothing reads its stderr while it runs, and a pipe that
+    fills up would stall it."""
     port = free_port()
+    quiet = [] if access_log else ["--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "serve", "--model", str(model), "--threads",
-                             str(threads), "--port", str(port), *args],
+                             str(threads), "--port", str(port), *quiet, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + timeout

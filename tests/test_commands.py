@@ -212,6 +212,7 @@ def test_chat_reset_and_history(repl, tmp_path):
     c.expect(pexpect.EOF)
     history = (tmp_path / "cache" / "chat_history").read_text()
     assert "+first question" in history and "+/reset" in history  # prompt_toolkit's history file
+    assert (tmp_path / "cache" / "chat_history").stat().st_mode & 0o077 == 0  # readable by its owner alone
 
 
 def test_chat_ctrl_c_stops_the_answer_and_keeps_the_conversation(tiny_paths, tmp_path):

@@ -27,7 +27,8 @@ def server(tiny_paths):
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "led_local.cli", "serve", "--model", str(tiny_paths["qwen2-no-eos"]), "--threads", "1",
-         "--port", str(port), "--api-key", KEY, "--parallel", "4", "--max-tokens-limit", "16000", "--ctx", "16384"],
+         "--port", str(port), "--api-key", KEY, "--parallel", "4", "--max-tokens-limit", "16000", "--ctx", "16384",
+         "--quiet"],  # (nothing reads its stderr while it runs: an access log would fill the pipe)
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 60
@@ -287,7 +288,7 @@ def test_binds_loopback_by_default_and_takes_the_key_from_the_environment(tiny_p
     port = free_port()
     env = {**os.environ, "LED_LOCAL_API_KEY": "from-env"}
     proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "serve", "--model", str(tiny_paths["llama-tied"]),
-                             "--threads", "1", "--port", str(port)],
+                             "--threads", "1", "--port", str(port), "--quiet"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         base = f"http://127.0.0.1:{port}/v1"
@@ -448,7 +449,7 @@ def test_access_log_one_line_per_request_and_quiet(tiny_paths):
     """`serve` logs method, path, status, prompt+completion tokens and time per request (a stream when it
     ends); `--quiet` logs nothing."""
     for quiet in (False, True):
-        proc, base = start_server(tiny_paths["qwen2-no-eos"], *(["--quiet"] if quiet else []))
+        proc, base = start_server(tiny_paths["qwen2-no-eos"], *(["--quiet"] if quiet else []), access_log=True)
         try:
             httpx.post(f"{base}/completions", json={"prompt": "the cat", "max_tokens": 3}, timeout=60)
             with httpx.stream("POST", f"{base}/completions", timeout=60,

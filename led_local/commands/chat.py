@@ -299,6 +299,8 @@ def _reader():
 
         history = models.cache_dir().parent / "chat_history"
         history.parent.mkdir(parents=True, exist_ok=True)
+        history.touch(mode=0o600, exist_ok=True)
+        os.chmod(history, 0o600)  # what was typed is the user's alone
         prompt_session = PromptSession(history=FileHistory(str(history)))
         return lambda: prompt_session.prompt("you> ")
 

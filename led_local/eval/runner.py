@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -44,9 +45,17 @@ def strict_json(data: object) -> object:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(strict_json(data), indent=2, allow_nan=False))
-    os.replace(tmp, path)  # a reader never sees a half-written file
+    text = json.dumps(strict_json(data), indent=2, allow_nan=False)
+    # a temporary file of its own (never a predictable name a link could redirect), renamed over the target:
+    # a reader never sees a half-written file
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_samples(path: Path, repair: bool = False) -> list[dict]:
