@@ -30,13 +30,15 @@ WORKER = r"""
 import json, re, resource, sys, time, os
 from led_local import Llama, models
 path, n_ctx = sys.argv[1], int(sys.argv[2])
-r_fd, w_fd = os.pipe()
-saved = os.dup(2)
-os.dup2(w_fd, 2)                       # llama.cpp's log (verbose) to a pipe, read after the load
-llm = Llama(models.path(path), n_ctx=n_ctx, n_seq_max=8, n_threads=1, verbose=True)
-os.dup2(saved, 2)
-os.close(w_fd)
-log = os.read(r_fd, 1 << 22).decode(errors="replace")
+import tempfile
+model = models.path(path)
+with tempfile.TemporaryFile() as f:
+    saved = os.dup(2)
+    os.dup2(f.fileno(), 2)             # llama.cpp's log (verbose) to a file, read after the load
+    llm = Llama(model, n_ctx=n_ctx, n_seq_max=8, n_threads=1, verbose=True)
+    os.dup2(saved, 2)
+    f.seek(0)
+    log = f.read().decode(errors="replace")
 kv = sum(float(m) for m in re.findall(r"KV buffer size\s*=\s*([\d.]+) MiB", log))
 text = " ".join(f"Sentence {i}: the river carries silt to the delta, where it settles into new land." for i in range(80))
 prompt = llm.tokenize(text)[:1000]

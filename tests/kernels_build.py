@@ -9,16 +9,11 @@ Cache: $LED_LOCAL_CACHE/kernels-<key> (default ~/.cache/led-local), keyed by our
 
 from __future__ import annotations
 
-import hashlib
-import os
 import platform
-import shutil
-import subprocess
 from pathlib import Path
 
-from upstream_build import cache_root
+from variant_build import cached_variant, source_key
 
-REPO = Path(__file__).resolve().parent.parent
 FLAGS = ("-DGGML_NATIVE=OFF", "-DGGML_SSE42=ON", "-DGGML_AVX=OFF", "-DGGML_AVX2=OFF", "-DGGML_FMA=OFF",
          "-DGGML_F16C=OFF", "-DGGML_BMI2=OFF", "-DGGML_AVX512=OFF", "-DGGML_AVX_VNNI=OFF")
 LIBS = ("libled_engine.so", "libled_common.so", "libllama.so", "libllama-common.so", "libggml.so",
@@ -29,31 +24,7 @@ def supported() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64") and platform.system() == "Linux"
 
 
-def _key() -> str:
-    h = hashlib.sha256(" ".join(FLAGS).encode())
-    for path in sorted([*REPO.glob("csrc/**/*"), REPO / "CMakeLists.txt"]):
-        if path.is_file():
-            h.update(path.relative_to(REPO).as_posix().encode() + path.read_bytes())
-    return h.hexdigest()[:12]
-
-
 def ensure_kernels_build() -> Path:
     """The folder holding the x86-64-v2 build's libraries, for LED_LOCAL_LIB_DIR."""
-    home = cache_root() / f"kernels-{_key()}"
-    lib, done = home / "lib", home / "READY"
-    if done.exists():
-        return lib
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    build = home / "build"
-    subprocess.run(["cmake", "-S", str(REPO), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *FLAGS],
-                   check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", "led_engine",
-                    "led_common", "ggml-rpc"], check=True, stdout=subprocess.DEVNULL)
-    lib.mkdir()
-    for name in LIBS:
-        (found,) = [p for p in build.rglob(name) if p.is_file()]
-        shutil.copy2(found, lib / name)
-    shutil.rmtree(build)
-    done.write_text("ok\n")
-    return lib
+    return cached_variant("kernels", source_key(*FLAGS), lambda home: list(FLAGS),
+                          ("led_engine", "led_common", "ggml-rpc"), LIBS)
