@@ -234,7 +234,8 @@ def _strict(text: str) -> dict:
 
 def test_eval_drops_ks_above_n_writes_strict_json_and_report_keeps_the_runs_ks(tmp_path, tiny_paths):
     """`--n 1` alone runs (pass@4 and pass@16 of the default left out, with a note); one problem's standard
-    error is null in summary.json, not a bare NaN; `--report DIR` without --k shows the run's ks again. LED's
+    error is null in summary.json, not a bare NaN; `--report DIR` without --k shows the run's ks again (1 and 3,
+not the default set's 1, 2, 3 of n = 3). LED's
     k is `--led-k` (the old `--k-led` still taken)."""
     out = tmp_path / "run"
     r = _cli("eval", str(MINI), "--model", str(tiny_paths["qwen2-untied-think"]), "--threads", "1", "--n", "1",
@@ -245,9 +246,9 @@ def test_eval_drops_ks_above_n_writes_strict_json_and_report_keeps_the_runs_ks(t
     led = summary["samplers"]["led"]
     assert list(led["pass_at_k"]) == ["1"] and led["pass_at_k"]["1"]["se"] is None
     assert led["settings"]["sampling"]["led"]["k"] == 4
-    r = _cli("eval", str(MINI), "--model", str(tiny_paths["qwen2-untied-think"]), "--threads", "1", "--n", "2",
-             "--k", "1,2", "--limit", "1", "--max-tokens", "4", "--d", "4", "--k-led", "4", "--out", str(tmp_path / "two"))
+    r = _cli("eval", str(MINI), "--model", str(tiny_paths["qwen2-untied-think"]), "--threads", "1", "--n", "3",
+             "--k", "1,3", "--limit", "1", "--max-tokens", "4", "--d", "4", "--k-led", "4", "--out", str(tmp_path / "two"))
     assert r.returncode == 0, r.stderr
     r = _cli("eval", "--report", str(tmp_path / "two"))
     assert r.returncode == 0, r.stderr
-    assert list(_strict((tmp_path / "two" / "summary.json").read_text())["samplers"]["led"]["pass_at_k"]) == ["1", "2"]
+    assert list(_strict((tmp_path / "two" / "summary.json").read_text())["samplers"]["led"]["pass_at_k"]) == ["1", "3"]
