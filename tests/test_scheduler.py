@@ -175,8 +175,12 @@ def test_batch_invariant_logits_do_not_depend_on_how_a_prompt_is_batched(gemma3_
             whole = logits_batched_as(llm, toks, [n])
             moved[invariant] = max(float(np.abs(logits_batched_as(llm, toks, ch) - whole).max())
                                    for ch in ([n - 1, 1], [5, n - 5], [9, n - 9], [1] * n))
-    assert moved[False] > 1e-3  # the kernels this switch is about do move them on this model
     assert moved[True] == 0.0
+    # the premise that makes the switch matter: the default kernels move them. They do with AVX2 and AVX-512
+    # (repacked GEMM, tiled matmul); plain SSE builds have no such paths, so there is nothing to contrast
+    if moved[False] <= 1e-3:
+        pytest.skip("this CPU's default kernels compute a prompt's logits the same however it is batched; "
+                    "the contrast with batch_invariant=True cannot be shown here")
 
 
 def test_batch_invariant_seeded_requests_equal_after_a_cached_prefix_and_beside_others(gemma3_path):
