@@ -145,6 +145,7 @@ class Llama:
         self._batch = ffi.NULL
         self._chat = None
         self._lock = threading.RLock()
+        self._chat_lock = threading.Lock()  # only for reading the chat templates once (_chat_templates)
         self.rpc_servers: list[str] = []
         self._rpc_lost = False
 
@@ -351,14 +352,21 @@ class Llama:
         return None if raw == ffi.NULL else ffi.string(raw).decode("utf-8")
 
     def _chat_templates(self):
-        """The model's chat templates as llama.cpp's common/chat reads them (chat.py), read on first use."""
-        self._check_open()
-        with self._lock:
-            if self._chat is None:
-                from ._native import ChatTemplates
+        """The model's chat templates as llama.cpp's common/chat reads them (chat.py), read on first use.
 
-                self._chat = ChatTemplates(self._model)
-            return self._chat
+        They read the model, never the context, so they are not behind the context's lock: a server's event
+        loop renders and parses chats while the step thread decodes (waiting on that lock stalled every
+        stream for as long as the steps kept taking it)."""
+        self._check_open()
+        chat = self._chat
+        if chat is None:
+            with self._chat_lock:
+                if self._chat is None:
+                    from ._native import ChatTemplates
+
+                    self._chat = ChatTemplates(self._model)
+                chat = self._chat
+        return chat
 
     def _read_metadata(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import json
 import threading
 import time
@@ -259,7 +260,9 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
 
     @app.middleware("http")
     async def check_api_key(request: Request, call_next):
-        if api_key is not None and request.headers.get("authorization", "") != f"Bearer {api_key}":
+        # compared in constant time: a timing side channel must not spell the key out byte by byte
+        if api_key is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                           f"Bearer {api_key}".encode()):
             return error_response(ApiError("Incorrect API key provided.", status=401, code="invalid_api_key"))
         return await call_next(request)
 
@@ -307,7 +310,9 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         """`rendered`: a chat request's template rendering; None: a completion."""
         kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
         try:
-            job, shape = prepare(llama, tokens(), rendered=rendered, **kwargs)
+            # tokenizing and building the samplers (grammars) are work: off the event loop, which keeps every
+            # other stream and /health answering meanwhile
+            job, shape = await asyncio.to_thread(lambda: prepare(llama, tokens(), rendered=rendered, **kwargs))
         except Exception as e:
             api = _to_api_error(e)
             if api is None:
@@ -379,8 +384,9 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatRequest):
         generation_only()
-        try:
-            tokens, rendered = chat_prompt(llama, body.messages, body.tools, body.tool_choice, body.parallel_tool_calls)
+        try:  # the template's rendering too, off the event loop
+            tokens, rendered = await asyncio.to_thread(chat_prompt, llama, body.messages, body.tools, body.tool_choice,
+                                                       body.parallel_tool_calls)
         except ValueError as e:
             raise _to_api_error(e) from None
         try:

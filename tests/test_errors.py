@@ -111,7 +111,7 @@ def test_closed_llama(tiny_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "led_local.cli", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "led_local.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("args", [
@@ -121,6 +121,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     ("models", "path", "no-such-model"),
     ("generate",),
     ("no-such-command",),
+    ("serve", "--api-key", ""),  # an empty key would let a bare "Bearer " through
 ])
 def test_cli_errors_exit_2_with_one_line(args):
     r = _cli(*args)

@@ -469,3 +469,33 @@ def test_access_log_one_line_per_request_and_quiet(tiny_paths):
         assert re.search(r'"POST /v1/completions" 200 \d+\+4 tokens \d+ ms$', lines[1]), lines[1]
         assert re.search(r'"POST /v1/completions" 400 \d+ ms$', lines[2]), lines[2]
 
+
+
+def test_rendering_and_parsing_chats_never_wait_for_the_steps(tiny_paths):
+    """The server's event loop renders and parses chats (chat.render, chat.parse) while the step thread holds
+    the Llama's lock for each decode; waiting on that lock stalled every stream (8 clients' first tokens at 5.3x
+    llama-server's, docs/benchmarks.md). With the lock held elsewhere, both still finish."""
+    from led_local import Llama, chat
+
+    with Llama(tiny_paths["qwen2-think-bias"], n_threads=1) as llm:
+        held, release, done = threading.Event(), threading.Event(), []
+
+        def hold() -> None:
+            with llm._lock:  # as Scheduler.step does
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        held.wait(10)
+
+        def render_and_parse() -> None:
+            rendered = chat.render(llm, CHAT)
+            done.append(chat.parse(llm, rendered, "<think>so</think>hello", partial=False))
+
+        worker = threading.Thread(target=render_and_parse)
+        worker.start()
+        worker.join(10)
+        release.set()
+        holder.join()
+        assert done and done[0]["content"], "rendering or parsing waited for the step thread's lock"

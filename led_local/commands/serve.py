@@ -36,6 +36,8 @@ def serve(model, threads, placement, host, port, api_key, n_ctx, parallel, max_n
 
     from ..server import Limits, create_app
 
+    if api_key is not None and not api_key.strip():
+        raise ValueError("--api-key (or LED_LOCAL_API_KEY) is empty: give a key, or leave it out to serve without one")
     max_n = max_n or parallel
     if max_n > parallel:
         raise ValueError(f"--max-n {max_n} exceeds --parallel {parallel}: a request's samples each need a slot")
