@@ -473,12 +473,16 @@ class Llama:
     def _compact(self) -> None:
         """Pack the KV pool's cells from its start, every cell's order kept: a whole-state save and restore
         (llama.cpp restores cells from index 0 in the saved order), bit for bit the same keys and values."""
-        size = self._lib.llama_state_get_size(self._ctx)
-        buf = ffi.new("uint8_t[]", size)
-        written = self._lib.llama_state_get_data(self._ctx, buf, size)
+        buf, written = self._state_data()
         if self._lib.llama_state_set_data(self._ctx, buf, written) != written:
             raise DecodeError("llama.cpp could not pack the KV cache's cells")
         self.compactions += 1
+
+    def _state_data(self):
+        """llama.cpp's whole state (KV cells, outputs) in a native buffer, and how many bytes of it are used."""
+        size = self._lib.llama_state_get_size(self._ctx)
+        buf = ffi.new("uint8_t[]", size)
+        return buf, self._lib.llama_state_get_data(self._ctx, buf, size)
 
     def _logits(self, index: int) -> np.ndarray:
         ptr = self._lib.llama_get_logits_ith(self._ctx, index)
@@ -553,9 +557,7 @@ class Llama:
         with self._lock:
             self._check_open()
             self._scheduler.require_idle("save_state")
-            size = self._lib.llama_state_get_size(self._ctx)
-            buf = ffi.new("uint8_t[]", size)
-            written = self._lib.llama_state_get_data(self._ctx, buf, size)
+            buf, written = self._state_data()
             return LlamaState(kv=bytes(ffi.buffer(buf, written)), slots=[list(s.tokens) for s in self._scheduler.slots],
                               model_path=self.model_path, n_ctx=self._n_ctx, n_seq_max=self.n_seq_max, seed=self.seed)
 

@@ -355,7 +355,7 @@ class Scheduler:
                 return
             first, rest, keep = self._choose_slots(job, free)
             job.reserve = self._reservation(job)
-            if not self._make_room(max(job.reserve, keep), mine=[first, *rest], freed=self._cells_freed(first, rest)):
+            if not self._make_room(job.reserve, mine=[first, *rest], freed=self._cells_freed(first, rest)):  # (keep < prompt <= reserve)
                 return  # it waits until running jobs end (it fits alone: check() refused any that cannot)
             self.waiting.popleft()
             try:
