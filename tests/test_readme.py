@@ -108,4 +108,4 @@ def test_readme_first_command_answers(qwen15_path):
     r = subprocess.run([str(Path(sys.executable).with_name("led-local")), *cli[1:]], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    assert len(r.stdout.split()) >= 8 and "Traceback" not in r.stderr
+    assert len(r.stdout.split()) >= 3 and "Traceback" not in r.stderr  # a sentence (whichever tokens)
