@@ -196,6 +196,14 @@ int32_t led_decode(struct llama_context * ctx, led_batch * b) {
     return llama_decode(ctx, b->batch);
 }
 
+static bool led_abort_requested(void * flag) {
+    return __atomic_load_n((const int32_t *) flag, __ATOMIC_RELAXED) != 0;
+}
+
+void led_set_abort_flag(struct llama_context * ctx, const int32_t * flag) {
+    llama_set_abort_callback(ctx, flag != NULL ? led_abort_requested : NULL, (void *) flag);
+}
+
 struct llama_sampler * led_constraints_new(const struct llama_model * model, const led_constraint_params * c) {
     const struct llama_vocab * vocab = llama_model_get_vocab(model);
     struct llama_sampler_chain_params params = llama_sampler_chain_default_params();

@@ -61,6 +61,10 @@ int32_t     led_batch_add(led_batch * batch, int32_t token, int32_t pos, int32_t
 int32_t     led_batch_size(const led_batch * batch);
 // llama_decode of the batch: 0 ok, 1 no KV slot, 2 aborted, < 0 error.
 int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
+// While *flag is nonzero, a llama_decode of ctx stops at its next graph node and returns 2 (ggml's abort
+// callback, read by the CPU backend between nodes): a shutdown need not wait out a long prompt chunk. The
+// flag is the caller's, read atomically, and must outlive the context (NULL removes the callback).
+void        led_set_abort_flag(struct llama_context * ctx, const int32_t * flag);
 
 // The ordinary sampler chain of llama.cpp: penalties, top-k, top-p, min-p, temperature, then a seeded draw
 // (greedy when temperature <= 0). A value that disables a stage (top_k <= 0, top_p >= 1, min_p <= 0,

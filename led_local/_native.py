@@ -48,6 +48,7 @@ void        led_batch_clear(led_batch * batch);
 int32_t     led_batch_add(led_batch * batch, int32_t token, int32_t pos, int32_t seq_id, bool output);
 int32_t     led_batch_size(const led_batch * batch);
 int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
+void        led_set_abort_flag(struct llama_context * ctx, const int32_t * flag);
 typedef struct llama_logit_bias { int32_t token; float bias; } llama_logit_bias;
 typedef struct led_constraint_params {
     const llama_logit_bias * logit_bias; int32_t n_logit_bias; float repeat_penalty; float frequency_penalty;

@@ -10,12 +10,17 @@ import re
 import uuid
 from dataclasses import dataclass
 
+from .errors import FieldError, naming
 from .grammar import LlamaGrammar
+from .grammar_bounds import check_schema
 
 ROLES = ("system", "user", "assistant", "tool")
 # what a message may carry; anything else is refused by name rather than dropped
 MESSAGE_FIELDS = {"role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content"}
 TOOL_CHOICES = ("auto", "none", "required")
+# bounds on what one request may ask the template to render (50,000 messages took 32 s to render)
+MAX_MESSAGES = 2048
+MAX_TOOLS = 128
 
 
 class ChatTemplateError(ValueError):
@@ -67,6 +72,8 @@ def validate_messages(messages: object) -> list[dict]:
     """OpenAI chat messages, checked: roles, text content, an assistant's tool_calls, a tool's reply."""
     if not isinstance(messages, list) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    if len(messages) > MAX_MESSAGES:
+        raise ValueError(f"{len(messages)} messages: the limit is {MAX_MESSAGES}; drop the oldest turns")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
@@ -103,6 +110,8 @@ def validate_tools(tools: object, tool_choice: object) -> tuple[list[dict] | Non
         return None, "none"
     if not isinstance(tools, list):
         raise ValueError("tools must be a list of {'type': 'function', 'function': {...}}")
+    if len(tools) > MAX_TOOLS:
+        raise ValueError(f"{len(tools)} tools: the limit is {MAX_TOOLS}")
     names = []
     for i, t in enumerate(tools):
         fn = t.get("function") if isinstance(t, dict) else None
@@ -112,6 +121,10 @@ def validate_tools(tools: object, tool_choice: object) -> tuple[list[dict] | Non
             raise ValueError(f"tools[{i}]['function']['name'] must be a non-empty string")
         if not isinstance(fn.get("parameters", {}), dict):
             raise ValueError(f"tools[{i}]['function']['parameters'] must be a JSON schema object")
+        try:  # the template turns each schema into grammar rules: the same bounds as response_format's
+            check_schema(fn.get("parameters", {}))
+        except ValueError as e:
+            raise ValueError(f"tools[{i}]: {e}") from None
         names.append(fn["name"])
     if tool_choice is None:
         return tools, "auto"
@@ -149,8 +162,14 @@ def render(llama, messages: object, tools: object = None, tool_choice: object = 
             "this model has no chat template (tokenizer.chat_template); use create_completion with a plain prompt")
     if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
         raise ValueError(f"parallel_tool_calls must be true or false, got {parallel_tool_calls!r}")
-    checked = validate_messages(messages)
-    tool_list, choice = validate_tools(tools, tool_choice)
+    try:
+        checked = validate_messages(messages)
+    except ValueError as e:
+        raise naming("messages", e) from None
+    try:
+        tool_list, choice = validate_tools(tools, tool_choice)
+    except ValueError as e:
+        raise naming("tools" if tools else "tool_choice", e) from None
     if isinstance(tool_choice, dict) and parallel_tool_calls is None:
         parallel_tool_calls = False  # a named function: one call of it
     request = {"messages": checked, "tools": tool_list, "tool_choice": choice}
@@ -181,8 +200,11 @@ def render(llama, messages: object, tools: object = None, tool_choice: object = 
         # llama.cpp's common sampling turns its trigger kinds into patterns so (common/sampling.cpp)
         patterns = [_trigger_pattern(t) for t in r["grammar_triggers"] if t["type"] != "token"]
         tokens = tuple(t["token"] for t in r["grammar_triggers"] if t["type"] == "token")
-        grammar = LlamaGrammar(r["grammar"], lazy=r["grammar_lazy"], trigger_patterns=tuple(patterns),
-                               trigger_tokens=tokens, prefill="" if r["grammar_lazy"] else r["generation_prompt"] + lead)
+        try:  # the template's grammar of the tools' schemas, under the same bounds as any other
+            grammar = LlamaGrammar(r["grammar"], lazy=r["grammar_lazy"], trigger_patterns=tuple(patterns),
+                                   trigger_tokens=tokens, prefill="" if r["grammar_lazy"] else r["generation_prompt"] + lead)
+        except ValueError as e:
+            raise FieldError(f"the tools' call grammar: {e}", "tools") from None
     parser = json.dumps({"format": r["format"], "parser": r["parser"], "generation_prompt": r["generation_prompt"]})
     return Rendered(prompt=r["prompt"] + lead, grammar=grammar, stops=tuple(r["additional_stops"]), parser=parser,
                     tools=bool(tool_list) and choice != "none", thinking=bool(r["supports_thinking"]), lead=lead)

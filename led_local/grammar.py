@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _native
+from .grammar_bounds import MAX_SCHEMA_BYTES, check_grammar, check_schema
 
 
 @dataclass(frozen=True, repr=False)
@@ -32,6 +33,7 @@ class LlamaGrammar:
             raise ValueError("a grammar needs GBNF text with a `root` rule")
         if self.lazy and not (self.trigger_patterns or self.trigger_tokens):
             raise ValueError("a lazy grammar needs trigger patterns or tokens")
+        check_grammar(self.gbnf)  # before llama.cpp's parser sees it (grammar_bounds.py)
 
     @classmethod
     def from_string(cls, grammar: str, verbose: bool = True) -> "LlamaGrammar":
@@ -45,10 +47,13 @@ class LlamaGrammar:
     def from_json_schema(cls, json_schema: str | dict, verbose: bool = True) -> "LlamaGrammar":
         """Output that is JSON valid against the schema (JSON text or a dict)."""
         text = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
+        if len(text.encode("utf-8", "replace")) > MAX_SCHEMA_BYTES:
+            raise ValueError(f"the JSON schema is over {MAX_SCHEMA_BYTES} bytes; simplify it")
         try:
-            json.loads(text)
-        except ValueError as e:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError) as e:
             raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
+        check_schema(parsed)
         try:
             return cls(_native.json_schema_to_grammar(text))
         except ValueError as e:

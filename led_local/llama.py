@@ -211,9 +211,12 @@ class Llama:
             self.close()
             raise MemoryError(f"llama.cpp could not create a context with n_ctx={self._n_ctx}; try a smaller n_ctx")
         self._batch = self._lib.led_batch_new(max(self.n_batch, self.n_seq_max))
+        self._abort_flag = ffi.new("int32_t *")  # nonzero: decodes stop at their next graph node (abort_decodes)
+        self._lib.led_set_abort_flag(self._ctx, self._abort_flag)
         self._latent_setting: tuple = ((), False, False)
         self.compactions = 0  # times the KV pool was packed to keep sequences' cells in order (_compact)
         self._tied: bool | None = None
+        self._max_token_bytes: int | None = None
         # the one token loop: every generation and readout of this Llama goes through it
         self._scheduler = Scheduler(self, prefix_cache=bool(prefix_cache))
 
@@ -267,6 +270,13 @@ class Llama:
         except Exception:
             pass
 
+    def abort_decodes(self, on: bool = True) -> None:
+        """From any thread: while on, every llama_decode of this Llama stops at its next graph node and fails
+        ("aborted"; the requests in that batch end with the error). For a shutdown that must not wait out a
+        long prompt chunk; `abort_decodes(False)` lets decodes run again."""
+        if self._ctx != ffi.NULL:
+            self._abort_flag[0] = 1 if on else 0
+
     def _check_open(self) -> None:
         if self._ctx == ffi.NULL:
             raise RuntimeError("this Llama has been closed")
@@ -282,6 +292,13 @@ class Llama:
     def n_vocab(self) -> int:
         self._check_open()
         return self._lib.llama_vocab_n_tokens(self._vocab)
+
+    def max_token_bytes(self) -> int:
+        """The longest text any one token stands for (special tokens' included), in bytes: a text longer
+        than n_ctx() times this cannot fit the context, which can be said without tokenizing it."""
+        if self._max_token_bytes is None:
+            self._max_token_bytes = max(len(self.token_to_bytes(t, special=True)) for t in range(self.n_vocab()))
+        return self._max_token_bytes
 
     def n_layer(self) -> int:
         self._check_open()

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _native
 from ._native import ffi
+from .errors import FieldError
 from .grammar import LlamaGrammar
 
 SAMPLERS = ("standard", "led", "dola")
@@ -31,10 +32,29 @@ def _finite(name: str, value: object, lo: float | None = None, hi: float | None 
     return v
 
 
+INT32_MAX = 2**31 - 1
+MAX_PENALTY_WINDOW = 1 << 20  # llama.cpp keeps a ring of this many tokens: an allocation sized by the caller
+MAX_LED_K = 1 << 20           # checked against the model's vocabulary when a model is at hand
+
+
+def _integer(name: str, value: object, lo: int, hi: int) -> int:
+    """An integer in [lo, hi], else a ValueError naming the field (never an OverflowError from C)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+class NoTokenAllowed(ValueError, RuntimeError):
+    """The request's own constraints left nothing to sample: the request's fault (a 400), not the server's."""
+    param = "grammar"
+
+
 def _checked_token(token: int, missing: str) -> int:
     """A native sampler's answer: the token, or why there is none."""
     if token == -2:
-        raise RuntimeError("the grammar and logit_bias together allow no token at this point of the output")
+        raise NoTokenAllowed("the grammar and logit_bias together allow no token at this point of the output")
     if token < 0:
         raise RuntimeError(f"the sampler found no {missing} for its row (see the log with verbose=True)")
     return token
@@ -70,7 +90,8 @@ def _logit_bias(value: object) -> tuple[tuple[int, float], ...]:
                 raise ValueError
             out[token] = bias
     except (TypeError, ValueError):
-        raise ValueError(f"logit_bias must map token ids to numbers (-inf bans a token), got {value!r}") from None
+        raise FieldError(f"logit_bias must map token ids to numbers (-inf bans a token), got {str(value)[:200]}",
+                         "logit_bias") from None
     return tuple(sorted(out.items()))
 
 
@@ -110,8 +131,7 @@ class Constraints:
             raise ValueError("repeat_penalty must be > 0 (1.0 turns it off)")
         _finite("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         _finite("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        if isinstance(self.penalty_last_n, bool) or not isinstance(self.penalty_last_n, int) or self.penalty_last_n < 0:
-            raise ValueError(f"penalty_last_n must be an integer >= 0, got {self.penalty_last_n!r}")
+        _integer("penalty_last_n", self.penalty_last_n, 0, MAX_PENALTY_WINDOW)
 
     @property
     def empty(self) -> bool:
@@ -122,7 +142,8 @@ class Constraints:
         """Token ids in the vocabulary and a grammar that parses: a clear error before anything runs."""
         bad = [t for t, _ in self.logit_bias if not 0 <= t < llama.n_vocab()]
         if bad:
-            raise ValueError(f"logit_bias names token ids {bad} outside this model's vocabulary (0..{llama.n_vocab() - 1})")
+            raise FieldError(f"logit_bias names token ids {bad[:8]}{' ...' if len(bad) > 8 else ''} outside this model's vocabulary "
+                             f"(0..{llama.n_vocab() - 1})", "logit_bias")
         llama._lib.llama_sampler_free(self.new_native(llama))
 
     def new_native(self, llama):
@@ -148,8 +169,8 @@ class Constraints:
         p.penalty_last_n = self.penalty_last_n
         chain = llama._lib.led_constraints_new(llama._model, p)
         if chain == ffi.NULL:
-            raise ValueError("the grammar does not parse as GBNF with a `root` rule (verbose=True shows llama.cpp's "
-                             "parser message)")
+            raise FieldError("the grammar does not parse as GBNF with a `root` rule (verbose=True shows llama.cpp's "
+                             "parser message)", "grammar")
         return chain
 
 
@@ -176,8 +197,7 @@ class StandardSampling:
 
     def __post_init__(self) -> None:
         _finite("temperature", self.temperature, 0.0)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise TypeError(f"top_k must be an integer, got {self.top_k!r}")
+        _integer("top_k", self.top_k, -INT32_MAX, INT32_MAX)  # <= 0: no top-k, as in llama.cpp
         _finite("top_p", self.top_p, 0.0, 1.0)
         _finite("min_p", self.min_p, 0.0, 1.0)
         _finite("typical_p", self.typical_p, 0.0, 1.0)
@@ -246,10 +266,10 @@ class LEDConfig:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("d", "k"):
+        for name, hi in (("d", 4096), ("k", MAX_LED_K)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"LEDConfig.{name} must be a positive integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+                raise ValueError(f"LEDConfig.{name} must be an integer in [1, {hi}], got {v!r}")
         for name in ("latent_norm", "exploit", "think_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LEDConfig.{name} must be True or False, got {getattr(self, name)!r}")
@@ -277,13 +297,15 @@ class LEDConfig:
     def latent_layers(self, llama) -> tuple[int, ...]:
         """The blocks to read, checked against the model (a clear error at configuration time)."""
         n = llama.n_layer()
+        if self.k > llama.n_vocab():
+            raise FieldError(f"LEDConfig.k={self.k} exceeds this model's vocabulary of {llama.n_vocab()} tokens", "led.k")
         if self.layers is not None:
             bad = [i for i in self.layers if i >= n]
             if bad:
                 raise ValueError(f"LEDConfig.layers {bad} are beyond this model's {n} blocks (0..{n - 1})")
             return self.layers
         if self.d > n:
-            raise ValueError(f"LEDConfig.d={self.d} needs {self.d - 1} blocks below the last; this model has {n} blocks")
+            raise FieldError(f"LEDConfig.d={self.d} needs {self.d - 1} blocks below the last; this model has {n} blocks", "led.d")
         return tuple(llama.default_latent_layers(self.d))
 
 

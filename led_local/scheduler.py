@@ -42,6 +42,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -216,6 +217,11 @@ class _LatentSet:
         return False
 
 
+class SamplingTooCostly(ValueError):
+    """A request whose sampling (its grammar, mostly) costs more per token than the scheduler allows."""
+    param = "grammar"
+
+
 class Scheduler:
     def __init__(self, llama, prefix_cache: bool = True) -> None:
         self.llama = llama
@@ -231,6 +237,9 @@ class Scheduler:
         self.latent = _LatentSet()
         self.capacity = llama.n_ctx()    # cells of the pool, shared by the slots
         self.decodes = 0                 # llama_decode calls so far (how much the jobs shared them)
+        # seconds one token's sampling may take (a costly grammar); a job over it ends with SamplingTooCostly
+        # after that token, so the others' streams go on (None: no limit; the server sets one)
+        self.max_sample_seconds: float | None = None
         self._clock = itertools.count(1)
 
     # --- the public side ----------------------------------------------------------------------------------
@@ -449,7 +458,13 @@ class Scheduler:
                 continue
             if job.observe is not None:
                 job.observe(s.row, job.watch_index)
+            started = time.perf_counter()
             token = job.samplers.sample(s.index, s.row)
+            spent = time.perf_counter() - started
+            if self.max_sample_seconds is not None and spent > self.max_sample_seconds:
+                raise SamplingTooCostly(f"one token of this request took {spent:.1f} s to sample (the limit is "
+                                        f"{self.max_sample_seconds:g} s): its grammar or response_format is too "
+                                        "costly; simplify it")
             if job.trace:
                 s.pending_trace.append({"token": token, **(job.samplers.trace(s.index) or {})})
             if job.logprobs is not None and not llama.is_eog(token):
@@ -568,7 +583,7 @@ class Scheduler:
             for job in {job for job, _ in owners}:
                 for slot in job.slots:
                     self._truncate(slot, 0)
-                job.error = e
+                job.error = job.error or e  # (a job ended on purpose keeps its own reason: a shutdown's)
                 self._finish(job, None)
             return
         for (token, pos, seq_id, wants), (job, who) in zip(entries, owners):

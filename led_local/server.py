@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
+import gc
 import hmac
+import ipaddress
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
@@ -34,15 +40,15 @@ from . import chat
 from .generate import (chat_constraints, chat_logprobs, chat_prompt, completion_prompt_tokens,
                        fim_prompt_tokens, prepare)
 from .llama import Llama
-from .scheduler import Job
+from .scheduler import Job, SamplingTooCostly
 
 
 # --- request bodies --------------------------------------------------------------------------------------
 
 class LEDFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    d: int = 8
-    k: int = 8
+    d: int = Field(default=8, ge=1, le=4096)
+    k: int = Field(default=8, ge=1, le=1 << 20)
     latent_norm: bool = False
     exploit: bool = True
     think_only: bool = True
@@ -66,13 +72,13 @@ class _Common(BaseModel):
     # silently ignored
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, ge=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0, le=2**31 - 1)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
-    n: int = Field(default=1, ge=1)
+    n: int = Field(default=1, ge=1, le=2**31 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
@@ -83,12 +89,12 @@ class _Common(BaseModel):
     repeat_penalty: float = Field(default=1.0, gt=0.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=4096)  # OpenAI allows 300
     typical_p: float = Field(default=1.0, ge=0.0, le=1.0)
     mirostat: int = Field(default=0, ge=0, le=2)  # llama-server's names
     mirostat_tau: float = Field(default=5.0, ge=0.0)
     mirostat_eta: float = Field(default=0.1, ge=0.0)
-    grammar: str | None = None  # GBNF, as llama-server takes it
+    grammar: str | None = None  # GBNF, as llama-server takes it (bounded: grammar_bounds.py)
 
     def check_fields(self) -> None:
         for name, value in (self.model_extra or {}).items():
@@ -107,6 +113,11 @@ class _Common(BaseModel):
             raise ApiError(f"max_tokens={max_tokens} exceeds this server's limit of {limits.max_tokens}", "max_tokens")
         if self.n > limits.max_n:
             raise ApiError(f"n={self.n} exceeds this server's limit of {limits.max_n}", "n")
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        if len(stops) > limits.max_stops:
+            raise ApiError(f"{len(stops)} stop strings: the limit is {limits.max_stops}", "stop")
+        if any(len(x) > limits.max_stop_chars for x in stops):
+            raise ApiError(f"a stop string is longer than {limits.max_stop_chars} characters", "stop")
         kwargs: dict[str, Any] = dict(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
                                       top_k=self.top_k, min_p=self.min_p, n=self.n, stop=self.stop, seed=self.seed,
                                       sampler=self.sampler, repeat_penalty=self.repeat_penalty,
@@ -167,6 +178,10 @@ class EmbeddingRequest(BaseModel):
 
 # --- errors in OpenAI's shape ----------------------------------------------------------------------------
 
+class ServerShuttingDown(ConnectionError):
+    """What a request still in flight at SIGTERM/Ctrl-C ends with."""
+
+
 class ApiError(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400,
                  kind: str = "invalid_request_error", code: str | None = None,
@@ -187,12 +202,160 @@ def error_response(e: ApiError) -> JSONResponse:
 class Limits:
     max_n: int
     max_tokens: int
-    max_queue: int = 64  # requests waiting for a slot; beyond it: 503 with Retry-After
+    max_queue: int = 64  # requests waiting for a slot (streams too); beyond it: 503 with Retry-After
+    max_body_bytes: int = 8 << 20  # a request body over it gets 413 before it is parsed
+    max_stops: int = 16
+    max_stop_chars: int = 512
+    # one token's sampling (a costly grammar) over this ends that request with a 400, not the others'
+    max_sample_seconds: float = 2.0
+
+
+def _error_body(message: str, kind: str, status: int, code: str | None = None) -> tuple[int, list, bytes]:
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    return status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body
+
+
+async def _send_error(send, status: int, headers: list, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """ASGI middleware: a body over `limit` bytes is answered 413 before anything parses it (a 50 MB prompt
+    once took 22 s and 2.9 GB to tokenize); the body is read here, bounded, then handed on."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = _error_body(f"the request body is over this server's limit of {self.limit} bytes "
+                              "(`led-local serve --max-body-mb`)", "invalid_request_error", 413, "body_too_large")
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _send_error(send, *too_big)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await _send_error(send, *too_big)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+        # this middleware alone reads the connection from here on: it sees the client hang up and tells the
+        # app through the receive it hands on and through scope["led_local.gone"] (the handlers' own
+        # disconnect checks do not get through FastAPI's middleware reliably)
+        gone = asyncio.Event()
+        scope["led_local.gone"] = gone
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        watcher = asyncio.create_task(watch())
+        try:
+            return await self.app(scope, replay, send)
+        finally:
+            watcher.cancel()
+            if len(body) > TRIM_AFTER_BYTES:
+                _release_freed_memory()
+
+
+TRIM_AFTER_BYTES = 1 << 20
+
+
+def _release_freed_memory() -> None:
+    """Give the C heap's freed pages back to the system after a large request (glibc keeps what a big body,
+    its parse and its render freed in per-thread arenas: without this a server's RSS ratchets up with
+    every large hostile request). Elsewhere than glibc: nothing to do."""
+    global _malloc_trim
+    gc.collect()  # an error's traceback holds its frames in a cycle, and they the big body or prompt
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+def _map_large_allocations() -> None:
+    """Have glibc serve allocations of 1 MiB and more from their own mappings, returned when freed: its
+    default threshold rises after each large free (to 32 MiB), after which a big request's body and
+    strings come from the heap and stay with the process."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_allowed(host_header: str, extra: tuple[str, ...] = ()) -> bool:
+    """Whether a Host header names this machine (DNS rebinding: a web page's own name that resolves to
+    127.0.0.1 must not reach a loopback server), as Ollama decides it: localhost and *.localhost, loopback
+    addresses, this machine's hostname, and the names given with --allow-host."""
+    if not host_header:
+        return True  # HTTP/1.0 clients; a browser always sends one
+    host = host_header.rsplit(":", 1)[0] if not host_header.endswith("]") else host_header
+    if host.startswith("[") and "]" in host:
+        host = host[1:host.index("]")]
+    host = host.lower().rstrip(".")
+    return (is_loopback(host) or host.endswith(".localhost") or host == socket.gethostname().lower()
+            or host in extra or any(host.endswith("." + e.lstrip("*.")) for e in extra if e.startswith("*.")))
+
+
+class HostCheck:
+    """ASGI middleware: a Host that is not this machine gets 403 (only for a server bound to loopback)."""
+
+    def __init__(self, app, extra: tuple[str, ...]) -> None:
+        self.app, self.extra = app, tuple(e.lower() for e in extra)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not host_allowed(host, self.extra):
+                return await _send_error(send, *_error_body(
+                    f"Host {host!r} is not this machine: a loopback server answers only localhost, its addresses "
+                    "and names given with `led-local serve --allow-host`", "invalid_request_error", 403,
+                    "host_not_allowed"))
+        return await self.app(scope, receive, send)
 
 
 def _to_api_error(e: BaseException) -> ApiError | None:
+    if isinstance(e, SamplingTooCostly):
+        return ApiError(str(e), "grammar", code="sampling_too_costly")
     if isinstance(e, (ValueError, TypeError)):
         return ApiError(str(e), getattr(e, "param", None))
+    if isinstance(e, ServerShuttingDown):
+        return ApiError(str(e), status=503, kind="server_error", code="server_shutting_down")
     if isinstance(e, ConnectionError):  # an RPC server holding layers stopped answering (rpc.RPCServerLost)
         return ApiError(str(e), status=503, kind="server_error", code="rpc_server_lost")
     return None
@@ -209,9 +372,22 @@ class Driver:
                                        daemon=True)
         self.thread.start()
 
+    def end_all(self, error: BaseException) -> None:
+        """Every job in flight or waiting ends with `error` at the next step (SIGTERM/Ctrl-C: streams get an
+        error event and close, so the server does not wait out its graceful timeout). Called from the event
+        loop's thread; it only sets flags the steps read."""
+        s = self.scheduler
+        for job in [*s.inbox, *s.waiting, *s.running]:
+            if job.error is None:
+                job.error = error
+            job.cancelled = True
+        s.llama.abort_decodes()  # a step's long prompt chunk ends now, not after its last graph node
+        s.wakeup.set()
+
     def shutdown(self) -> None:
         """End every job at its next step and wait for the thread: only then may the model be freed."""
         self.stop.set()
+        self.scheduler.llama.abort_decodes()  # the step in progress ends at its next graph node
         self.scheduler.wakeup.set()
         self.thread.join()
         s = self.scheduler
@@ -220,13 +396,25 @@ class Driver:
                 job.cancelled = True
             while s.inbox or s.waiting or s.running:
                 s.step()
+        s.llama.abort_decodes(False)
 
-    async def deltas(self, job: Job):
-        """Submit a job and yield its deltas as the steps produce them; a consumer that leaves cancels it."""
+    def submit(self, job: Job) -> asyncio.Event:
+        """Hand the job to the steps now (so the queue bound sees it at once, streams included); the event is
+        set whenever the steps have something for it."""
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-        job.notify = lambda: loop.call_soon_threadsafe(ready.set)
+
+        def notify():
+            try:
+                loop.call_soon_threadsafe(ready.set)
+            except RuntimeError:  # the loop has closed (shutdown): no one is reading this job any more
+                pass
+        job.notify = notify
         self.scheduler.submit(job)
+        return ready
+
+    async def deltas(self, job: Job, ready: asyncio.Event):
+        """The job's deltas as the steps produce them; a consumer that leaves cancels it."""
         try:
             while True:
                 await ready.wait()
@@ -238,8 +426,33 @@ class Driver:
                     job.raise_error()
                     return
         finally:
-            if not job.finished:
-                self.scheduler.cancel(job)
+            self.release(job)
+
+    def release(self, job: Job) -> None:
+        """A job no one reads any more (its client left, its stream ended early) stops at the next step."""
+        if not job.finished:
+            self.scheduler.cancel(job)
+
+
+async def _until_done_or_gone(request: Request, work: "asyncio.Future"):
+    """The result of `work`, or None once the client has hung up (the work is then cancelled): a request
+    nobody waits for must not go on holding its slot to max_tokens."""
+    gone = request.scope.get("led_local.gone")
+    if gone is None:
+        return await work
+    waiter = asyncio.ensure_future(gone.wait())
+    try:
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    try:
+        await work
+    except asyncio.CancelledError:
+        pass
+    return None
 
 
 def access_line(request: Request, status: int, usage: dict | None, started: float) -> str:
@@ -251,10 +464,14 @@ def access_line(request: Request, status: int, usage: dict | None, started: floa
 
 
 def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: Limits | None = None,
-               log: Callable[[str], None] | None = None) -> FastAPI:
-    """`log`: where the access log's lines go (None: nowhere)."""
+               log: Callable[[str], None] | None = None, allowed_hosts: tuple[str, ...] | None = None):
+    """`log`: where the access log's lines go (None: nowhere). `allowed_hosts`: None serves any Host (a
+    server bound beyond loopback); a tuple turns the Host check on, allowing this machine and those names.
+    Returns the ASGI app (the FastAPI app inside its guards; `.state` is the FastAPI app's)."""
     limits = limits or Limits(max_n=llama.n_seq_max, max_tokens=2048)
+    _map_large_allocations()
     driver = Driver(llama)
+    driver.scheduler.max_sample_seconds = limits.max_sample_seconds
     app = FastAPI(title="led-local", version="0.1.0")
     app.state.driver = driver
 
@@ -280,6 +497,8 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
+        if first.get("type") == "json_invalid":
+            return error_response(ApiError(f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"))
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
         return error_response(ApiError(f"invalid request: {first.get('msg', 'bad body')}"
                                        + (f" ({param})" if param else ""), param))
@@ -287,6 +506,19 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
         return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        # unknown paths (404), wrong methods (405): OpenAI's shape, not FastAPI's {"detail": ...}
+        what = {404: f"no such endpoint: {request.method} {request.url.path}",
+                405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return error_response(ApiError(what, status=exc.status_code, headers=getattr(exc, "headers", None),
+                                       kind="invalid_request_error", code={404: "not_found", 405: "method_not_allowed"}
+                                       .get(exc.status_code)))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        return error_response(ApiError(f"internal error: {type(exc).__name__}: {exc}", status=500, kind="server_error"))
 
     @app.get("/health")
     async def health():
@@ -305,14 +537,26 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
             raise ApiError("this server was started with --embedding and serves only /v1/embeddings; start another "
                            "`led-local serve` without --embedding to generate", status=501, kind="not_implemented_error")
 
-    async def respond(request: Request, body: _Common, tokens: Callable[[], list[int]], rendered: "chat.Rendered | None",
+    async def respond(request: Request, body: _Common, build: Callable[[], tuple[list[int], "chat.Rendered | None"]],
                       default_max_tokens: int | None = None, text_offset: int = 0, echo: str = ""):
-        """`rendered`: a chat request's template rendering; None: a completion."""
-        kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
+        """`build` gives the prompt's tokens and, for a chat, the template's rendering (None: a completion);
+        it runs off the event loop with the samplers' building (grammars), which keeps every other stream
+        and /health answering meanwhile."""
+        def work():
+            tokens, rendered = build()
+            if rendered is not None:
+                try:
+                    body.grammar, body.stop = chat_constraints(rendered, body.grammar, body.response_format, body.stop)
+                except ValueError as e:
+                    raise ApiError(str(e), "response_format") from None
+            kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
+            return prepare(llama, tokens, rendered=rendered, **kwargs)
+
+        body.check_fields()
         try:
-            # tokenizing and building the samplers (grammars) are work: off the event loop, which keeps every
-            # other stream and /health answering meanwhile
-            job, shape = await asyncio.to_thread(lambda: prepare(llama, tokens(), rendered=rendered, **kwargs))
+            job, shape = await asyncio.to_thread(work)
+        except ApiError:
+            raise
         except Exception as e:
             api = _to_api_error(e)
             if api is None:
@@ -322,12 +566,19 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
             raise ApiError(f"the server is busy ({limits.max_queue} requests are waiting for a slot); retry shortly",
                            status=503, kind="server_error", code="server_busy", headers={"Retry-After": "1"})
         shape.head["model"] = model_id
+        ready = driver.submit(job)  # at once, with no await since the check: the bound counts streams too
 
         if not body.stream:
+            async def collect():
+                return [d async for d in driver.deltas(job, ready)]
             try:
-                deltas = [d async for d in driver.deltas(job)]
-            except ConnectionError as e:
-                raise _to_api_error(e) from None
+                deltas = await _until_done_or_gone(request, asyncio.ensure_future(collect()))
+            except Exception as e:
+                raise (_to_api_error(e) or e) from None
+            if deltas is None:  # the client hung up; nobody reads this
+                return JSONResponse(status_code=499, content={"error": {"message": "client closed the request",
+                                                                       "type": "invalid_request_error",
+                                                                       "param": None, "code": None}})
             result = shape.response(deltas)
             request.state.usage = result.get("usage") if isinstance(result, dict) else None
             return result
@@ -336,7 +587,7 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         request.state.streaming = True
 
         async def events():
-            gen = driver.deltas(job)
+            gen = driver.deltas(job, ready)
             status = 200
             try:
                 async for d in gen:
@@ -349,13 +600,17 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
             except Exception as e:  # noqa: BLE001  (the stream has started: the error goes in it)
                 err = _to_api_error(e) or ApiError(str(e), status=500, kind="server_error")
                 status = err.status
-                yield {"data": json.dumps({"error": {"message": err.message, "type": err.kind}})}
+                yield {"data": json.dumps({"error": {"message": err.message, "type": err.kind, "param": err.param,
+                                                     "code": err.code}})}
             finally:
-                await gen.aclose()  # a client that went away cancels its job at the next step
+                await gen.aclose()
+                driver.release(job)  # a client that went away (even before the stream began) cancels its job
                 if log is not None:
                     log(access_line(request, status, shape.last_chunk().get("usage"), request.state.started))
 
-        return EventSourceResponse(events(), ping=15)
+        # at SIGTERM the job ends with an error at the next step (Driver.end_all) and the generator sends it;
+        # sse-starlette's own cancel comes only after this grace, as a last resort
+        return EventSourceResponse(events(), ping=15, shutdown_event=anyio.Event(), shutdown_grace_period=3)
 
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest):
@@ -376,23 +631,24 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
     @app.post("/v1/completions")
     async def completions(request: Request, body: CompletionRequest):
         generation_only()
-        tokens = (lambda: completion_prompt_tokens(llama, body.prompt)) if not body.suffix else \
-            (lambda: fim_prompt_tokens(llama, body.prompt, body.suffix))
-        return await respond(request, body, tokens, None, 16, len(body.prompt),
-                             body.prompt if body.echo else "")
+        if not body.suffix:
+            def build():
+                return completion_prompt_tokens(llama, body.prompt), None
+        else:
+            def build():
+                return fim_prompt_tokens(llama, body.prompt, body.suffix), None
+        return await respond(request, body, build, 16, len(body.prompt), body.prompt if body.echo else "")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request, body: ChatRequest):
         generation_only()
-        try:  # the template's rendering too, off the event loop
-            tokens, rendered = await asyncio.to_thread(chat_prompt, llama, body.messages, body.tools, body.tool_choice,
-                                                       body.parallel_tool_calls)
-        except ValueError as e:
-            raise _to_api_error(e) from None
-        try:
-            body.grammar, body.stop = chat_constraints(rendered, body.grammar, body.response_format, body.stop)
-        except ValueError as e:
-            raise ApiError(str(e), "response_format") from None
-        return await respond(request, body, lambda: tokens, rendered)
 
-    return app
+        def build():  # the template's rendering: off the event loop too
+            return chat_prompt(llama, body.messages, body.tools, body.tool_choice, body.parallel_tool_calls)
+        return await respond(request, body, build)
+
+    guarded = BodyLimit(app, limits.max_body_bytes)
+    if allowed_hosts is not None:
+        guarded = HostCheck(guarded, allowed_hosts)
+    guarded.state = app.state
+    return guarded
