@@ -269,7 +269,7 @@ class LEDConfig:
         for name, hi in (("d", 4096), ("k", MAX_LED_K)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-                raise ValueError(f"LEDConfig.{name} must be an integer in [1, {hi}], got {v!r}")
+                raise ValueError(f"LEDConfig.{name} must be a positive integer (at most {hi}), got {v!r}")
         for name in ("latent_norm", "exploit", "think_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"LEDConfig.{name} must be True or False, got {getattr(self, name)!r}")
