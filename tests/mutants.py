@@ -366,7 +366,7 @@ MUTANTS = [
            "for (int32_t i = 0; i < c->n_grammar_prefill; i++)", "for (int32_t i = 0; i < 0; i++)",
            (T_TOOLS + "test_a_named_tool_choice_calls_that_tool",)),
     Mutant("server: a chat's tools not rendered", "led_local/server.py",
-           "chat_prompt, llama, body.messages, body.tools,", "chat_prompt, llama, body.messages, None,",
+           "chat_prompt(llama, body.messages, body.tools,", "chat_prompt(llama, body.messages, None,",
            (T_TOOLS + "test_tool_calls_through_the_official_openai_client",)),
     # --- RPC ------------------------------------------------------------------------------------------------------
     Mutant("rpc: the servers' devices not given to the model", "csrc/led_engine.c",

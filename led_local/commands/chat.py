@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -324,6 +325,9 @@ def _reader():
 @one_line_errors
 def chat(model, threads, placement, sampling, max_tokens, n_ctx, system, seed, hide_think):
     """Chat with a model (streaming; /help lists the slash commands)."""
+    # Ctrl-C stops an answer even where the launch ignored SIGINT (a background job of a script: Python then
+    # leaves it ignored), as eval's handler does
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with open_model(model, threads, placement, n_seq_max=1, n_ctx=n_ctx) as llm:
         if llm.chat_template() is None:
             raise ValueError(f"{Path(llm.model_path).name} has no chat template; use `led-local generate --no-chat`")
