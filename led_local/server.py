@@ -210,16 +210,6 @@ class Limits:
     max_sample_seconds: float = 2.0
 
 
-def _error_body(message: str, kind: str, status: int, code: str | None = None) -> tuple[int, list, bytes]:
-    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
-    return status, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())], body
-
-
-async def _send_error(send, status: int, headers: list, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
 class BodyLimit:
     """ASGI middleware: a body over `limit` bytes is answered 413 before anything parses it (a 50 MB prompt
     once took 22 s and 2.9 GB to tokenize); the body is read here, bounded, then handed on."""
@@ -230,11 +220,11 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = _error_body(f"the request body is over this server's limit of {self.limit} bytes "
-                              "(`led-local serve --max-body-mb`)", "invalid_request_error", 413, "body_too_large")
+        too_big = error_response(ApiError(f"the request body is over this server's limit of {self.limit} bytes "
+                                          "(`led-local serve --max-body-mb`)", status=413, code="body_too_large"))
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await _send_error(send, *too_big)
+            return await too_big(scope, receive, send)
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -243,7 +233,7 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
-                return await _send_error(send, *too_big)
+                return await too_big(scope, receive, send)
             chunks.append(chunk)
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False
@@ -278,32 +268,32 @@ class BodyLimit:
 TRIM_AFTER_BYTES = 1 << 20
 
 
+def _libc():
+    """glibc, for the two allocator settings below; None elsewhere (nothing to do there)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
 def _release_freed_memory() -> None:
     """Give the C heap's freed pages back to the system after a large request (glibc keeps what a big body,
     its parse and its render freed in per-thread arenas: without this a server's RSS ratchets up with
-    every large hostile request). Elsewhere than glibc: nothing to do."""
-    global _malloc_trim
+    every large hostile request)."""
     gc.collect()  # an error's traceback holds its frames in a cycle, and they the big body or prompt
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
 
 
 def _map_large_allocations() -> None:
     """Have glibc serve allocations of 1 MiB and more from their own mappings, returned when freed: its
     default threshold rises after each large free (to 32 MiB), after which a big request's body and
     strings come from the heap and stay with the process."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
 
 
 LOOPBACK_NAMES = ("localhost",)
@@ -342,10 +332,10 @@ class HostCheck:
         if scope["type"] == "http":
             host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             if not host_allowed(host, self.extra):
-                return await _send_error(send, *_error_body(
+                return await error_response(ApiError(
                     f"Host {host!r} is not this machine: a loopback server answers only localhost, its addresses "
-                    "and names given with `led-local serve --allow-host`", "invalid_request_error", 403,
-                    "host_not_allowed"))
+                    "and names given with `led-local serve --allow-host`", status=403,
+                    code="host_not_allowed"))(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -552,7 +542,6 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
             kwargs = body.generation_kwargs(limits, default_max_tokens) | {"text_offset": text_offset, "echo": echo}
             return prepare(llama, tokens, rendered=rendered, **kwargs)
 
-        body.check_fields()
         try:
             job, shape = await asyncio.to_thread(work)
         except ApiError:
