@@ -1,5 +1,6 @@
 // See led_engine.h for why these wrappers exist.
 #include "led_engine.h"
+#include "led_sampler.h"  // led_accept
 
 #include "llama.h"
 #include "ggml-backend.h"
@@ -228,7 +229,11 @@ struct llama_sampler * led_constraints_new(const struct llama_model * model, con
             return NULL;
         }
         for (int32_t i = 0; i < c->n_grammar_prefill; i++) {
-            llama_sampler_accept(grammar, c->grammar_prefill[i]);
+            if (!led_accept(grammar, c->grammar_prefill[i])) {  // the grammar refuses its own prefill
+                llama_sampler_free(grammar);
+                llama_sampler_free(chain);
+                return NULL;
+            }
         }
         llama_sampler_chain_add(chain, grammar);
     }

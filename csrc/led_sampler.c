@@ -19,6 +19,7 @@ typedef struct led_sampler_state {
     int32_t * recent;        // the last n_end_think accepted tokens (a ring)
     int32_t   n_recent;
     bool      thinking_over;
+    bool      refused;       // the constraints threw on a token (led_accept): the sampler is done
 
     uint64_t rng[4];         // xoshiro256**: a small, seedable, well-tested generator
 
@@ -155,8 +156,8 @@ static const char * led_sampler_name(const struct llama_sampler * smpl) {
 
 static void led_sampler_accept(struct llama_sampler * smpl, llama_token token) {
     led_sampler_state * st = smpl->ctx;
-    if (st->constraints != NULL) {
-        llama_sampler_accept(st->constraints, token);
+    if (st->constraints != NULL && !led_accept(st->constraints, token)) {
+        st->refused = true;
     }
     const int32_t m = st->params.n_end_think;
     if (m == 0 || st->thinking_over) {
@@ -198,6 +199,7 @@ static void led_sampler_reset(struct llama_sampler * smpl) {
     }
     st->thinking_over = false;
     st->n_recent = 0;
+    st->refused = false;
     led_rng_seed(st->rng, st->params.seed);
 }
 
@@ -331,7 +333,7 @@ int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * c
     if (token >= 0) {
         llama_sampler_accept(smpl, token);
     }
-    return token;
+    return st->refused ? -3 : token;
 }
 
 void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info) {
@@ -353,6 +355,7 @@ typedef struct dola_sampler_state {
     float * z0c;               // [n_vocab] the constrained final logits, with constraints
     llama_token_data * data;   // [n_vocab]
     int32_t last_premature;
+    bool refused;              // the constraints threw on a token (led_accept): the sampler is done
 } dola_sampler_state;
 
 static const char * dola_sampler_name(const struct llama_sampler * smpl) {
@@ -395,8 +398,8 @@ static int32_t dola_sampler_step(dola_sampler_state * st) {
 
 static void dola_sampler_accept(struct llama_sampler * smpl, llama_token token) {
     dola_sampler_state * st = smpl->ctx;
-    if (st->constraints != NULL) {
-        llama_sampler_accept(st->constraints, token);
+    if (st->constraints != NULL && !led_accept(st->constraints, token)) {
+        st->refused = true;
     }
     llama_sampler_accept(st->chain, token);
 }
@@ -419,6 +422,7 @@ static void dola_sampler_reset(struct llama_sampler * smpl) {
         llama_sampler_reset(st->constraints);
     }
     llama_sampler_reset(st->chain);
+    st->refused = false;
 }
 
 static void dola_sampler_free_state(dola_sampler_state * st) {
@@ -509,7 +513,7 @@ int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * 
     if (token >= 0) {
         llama_sampler_accept(smpl, token);
     }
-    return token;
+    return st->refused ? -3 : token;
 }
 
 int32_t dola_sampler_last(const struct llama_sampler * smpl) {
@@ -589,8 +593,8 @@ int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context *
         return -1;
     }
     const llama_token token = cur.data[cur.selected].id;
-    if (st->constraints != NULL) {
-        llama_sampler_accept(st->constraints, token);
+    if (st->constraints != NULL && !led_accept(st->constraints, token)) {
+        return -3;
     }
     llama_sampler_accept(st->chain, token);
     return token;

@@ -42,8 +42,8 @@ struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sam
 void led_sampler_set_row(struct llama_sampler * smpl, int32_t row);
 
 // set_row + apply + accept, without building llama.cpp's full-vocabulary candidates array: the fast path.
-// Returns the token, -1 when the context has no latent rows for an exploring step, or -2 when the
-// constraints leave no token (a grammar at a dead end).
+// Returns the token, -1 when the context has no latent rows for an exploring step, -2 when the
+// constraints leave no token (a grammar at a dead end), or -3 when the grammar refused the token (led_accept).
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 
 // What the last step did, for traces and for checking a real generation step by step against led_step
@@ -70,7 +70,7 @@ void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info *
 // dola_sampler_sample call; dola_sampler_sample is the way to drive it.
 struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
                                         struct llama_sampler * constraints, struct llama_sampler * chain);
-// The token, -1 without premature rows, -2 when the constraints leave no token.
+// The token, -1 without premature rows, -2 when the constraints leave no token, -3 (led_accept).
 int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 // The premature row the last step contrasted with.
 int32_t dola_sampler_last(const struct llama_sampler * smpl);
@@ -83,9 +83,14 @@ struct llama_model;
 struct chain_sampler;
 struct chain_sampler * chain_sampler_new(const struct llama_model * model, struct llama_sampler * constraints,
                                          struct llama_sampler * chain);
-// The token (accepted), -1 without logits for the row, -2 when the constraints leave no token.
+// The token (accepted), -1 without logits for the row, -2 when the constraints leave no token, -3 when the
+// grammar refused the token (led_accept).
 int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context * ctx, int32_t row);
 void    chain_sampler_free(struct chain_sampler * smpl);
+
+// llama_sampler_accept, false when it throws (a grammar refusing the token; led_guard.cpp): the step then
+// answers -3 and the sampler must not be used again.
+bool led_accept(struct llama_sampler * smpl, int32_t token);
 
 #ifdef __cplusplus
 }

@@ -56,6 +56,7 @@ def _word(c: str) -> bool:
 class _Parser:
     def __init__(self, text: str) -> None:
         self.s, self.i = text, 0
+        self.level = 0  # groups open: this parser recurses into each, and must not overflow Python's stack
 
     def space(self, newline_ok: bool) -> None:
         s = self.s
@@ -128,8 +129,12 @@ class _Parser:
                 items.append(_Node("ref", name=s[start:self.i]))
             elif c == "(":
                 self.i += 1
+                self.level += 1
+                if self.level > MAX_DEPTH:  # where _depth's count and this parse disagree (a bad token, say)
+                    raise GrammarTooCostly(f"the grammar's groups nest more than {MAX_DEPTH} deep")
                 self.space(True)
                 inner = self.alternates(nested=True)
+                self.level -= 1
                 if self.i >= len(s) or s[self.i] != ")":
                     raise SyntaxError
                 self.i += 1
@@ -153,7 +158,12 @@ class _Parser:
         self.i = end + 1
         lo, _, hi = body.partition(",")
         lo_n = int(lo)
-        return _Node("rep", [node], lo=lo_n, hi=lo_n if "," not in body else (int(hi) if hi else None))
+        hi_n = lo_n if "," not in body else (int(hi) if hi else None)
+        if hi_n is not None and hi_n < lo_n:
+            # llama.cpp's parser takes hi - lo unsigned and expands the repetition until memory runs out (a
+            # JSON schema's minLength above its maxLength becomes such a repetition)
+            raise GrammarTooCostly(f"the repetition {{{body}}} has its maximum below its minimum")
+        return _Node("rep", [node], lo=lo_n, hi=hi_n)
 
 
 def _depth(text: str) -> int:
@@ -255,6 +265,46 @@ class _Measure:
                 break
         return max(total, 1)
 
+    def first_refs(self, node: _Node) -> set[str]:
+        """Rules a parse position at the start of the node may enter before the node has matched anything."""
+        k = node.kind
+        if k == "ref":
+            return {node.name}
+        if k == "alt":
+            return set().union(*(self.first_refs(x) for x in node.items))
+        if k == "rep":
+            return self.first_refs(node.items[0]) if node.hi != 0 else set()
+        found: set[str] = set()
+        for x in node.items if k == "seq" else ():
+            found |= self.first_refs(x)
+            if not self.nullable(x):
+                break
+        return found
+
+    def left_recursion(self) -> str | None:
+        """A rule that may enter itself before matching anything, or None. llama.cpp refuses a rule that
+        starts with itself, but not one that reaches itself through items that may be empty (`root ::= r0
+        root "a"` with `r0 ::= "c"?`): its grammar step then expands stacks until memory runs out (found by
+        tests/fuzz_grammar.py). A depth-first search with a list, not recursion."""
+        edges = {name: sorted(self.first_refs(node) & self.rules.keys()) for name, node in self.rules.items()}
+        state: dict[str, int] = {}  # 1: on the path, 2: done
+        for start in edges:
+            if start in state:
+                continue
+            state[start], path = 1, [(start, iter(edges[start]))]
+            while path:
+                name, nexts = path[-1]
+                after = next(nexts, None)
+                if after is None:
+                    state[name] = 2
+                    path.pop()
+                elif state.get(after) == 1:
+                    return after
+                elif after not in state:
+                    state[after] = 1
+                    path.append((after, iter(edges[after])))
+        return None
+
     def walk(self, node: _Node) -> int:
         """Elements the node expands to; records the longest run of nullable items in any sequence."""
         k = node.kind
@@ -283,9 +333,15 @@ def check_grammar(gbnf: str) -> None:
                                "(name the inner groups as rules)")
     try:
         rules = _Parser(gbnf).rules()
+    except GrammarTooCostly:
+        raise
     except (SyntaxError, ValueError, IndexError):
         return
     m = _Measure(rules)
+    looped = m.left_recursion()
+    if looped is not None:
+        raise GrammarTooCostly(f"the rule `{looped}` can reach itself before matching anything (left recursion, "
+                               "perhaps through items that may be empty); rewrite it to match something first")
     elements = sum(m.walk(node) for node in rules.values())
     if elements > MAX_ELEMENTS:
         raise GrammarTooCostly(f"the grammar's repetitions expand to {elements} elements; the limit is {MAX_ELEMENTS}")
@@ -327,6 +383,74 @@ def check_schema(schema: object) -> None:
             enum = node.get("enum")
             if isinstance(enum, list) and len(enum) > MAX_ENUM:
                 raise GrammarTooCostly(f"a JSON schema enum has {len(enum)} values; the limit is {MAX_ENUM}")
+            for low, high in (("minLength", "maxLength"), ("minItems", "maxItems")):
+                lo, hi = node.get(low), node.get(high)
+                if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+                    # no value matches, and the converted grammar's reversed repetition would exhaust memory
+                    raise GrammarTooCostly(f"a JSON schema has {low} {lo} above its {high} {hi}; no value can match")
             todo.extend((v, depth + 1) for v in node.values())
         elif isinstance(node, list):
             todo.extend((v, depth + 1) for v in node)
+    looped = inlined_ref_cycle(schema)
+    if looped is not None:
+        raise GrammarTooCostly(f"the JSON schema's allOf refers (\"$ref\": {looped!r}) to a schema that holds "
+                               "the same allOf: merging it never ends; refer to it outside allOf")
+
+
+# values that are data, not schemas (an enum's object may hold any keys)
+_NOT_SCHEMAS = frozenset({"enum", "const", "default", "examples"})
+
+
+def _resolve(root: object, ref: object) -> object:
+    """The schema a local `$ref` ("#", "#/$defs/name") points at, or None."""
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    node = root
+    for part in ref[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    return node
+
+
+def inlined_ref_cycle(root: object) -> str | None:
+    """The `$ref` of an allOf that leads back to that allOf, or None. json-schema-to-grammar gives each
+    other $ref a rule of its own (so recursion through them is a grammar's recursion), but merges an allOf's
+    referenced schemas into the rule being built: when one contains the allOf again, it recurses until the
+    stack overflows and the process dies (found by tests/fuzz_grammar.py). Walked with a list, not recursion."""
+    def successors(node: object) -> list[tuple[object, str | None]]:
+        if isinstance(node, list):
+            return [(v, None) for v in node if isinstance(v, (dict, list))]
+        if not isinstance(node, dict):
+            return []
+        out = [(v, None) for k, v in node.items() if k not in _NOT_SCHEMAS and isinstance(v, (dict, list))]
+        all_of = node.get("allOf")
+        for part in all_of if isinstance(all_of, list) else ():
+            if isinstance(part, dict) and "$ref" in part:
+                target = _resolve(root, part["$ref"])
+                if isinstance(target, (dict, list)):
+                    out.append((target, part["$ref"]))
+        return out
+
+    state: dict[int, int] = {id(root): 1}  # 1: on the path, 2: done
+    path = [(root, iter(successors(root)), None)]  # (node, its successors left, the $ref that led to it)
+    while path:
+        node, nexts, _ = path[-1]
+        step = next(nexts, None)
+        if step is None:
+            state[id(node)] = 2
+            path.pop()
+            continue
+        after, ref = step
+        seen = state.get(id(after))
+        if seen == 1:  # a cycle (tree edges alone make none, so one of its edges is a $ref)
+            start = next(i for i, frame in enumerate(path) if frame[0] is after)
+            return next(r for r in [*(frame[2] for frame in path[start + 1:]), ref] if r is not None)
+        if seen is None:
+            state[id(after)] = 1
+            path.append((after, iter(successors(after)), ref))
+    return None

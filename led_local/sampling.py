@@ -51,10 +51,20 @@ class NoTokenAllowed(ValueError, RuntimeError):
     param = "grammar"
 
 
+class GrammarRefusedToken(ValueError, RuntimeError):
+    """llama.cpp's grammar threw on a token it had allowed (csrc/led_guard.cpp): the grammar's fault (a 400)."""
+    param = "grammar"
+
+
 def _checked_token(token: int, missing: str) -> int:
     """A native sampler's answer: the token, or why there is none."""
     if token == -2:
         raise NoTokenAllowed("the grammar and logit_bias together allow no token at this point of the output")
+    if token == -3:
+        raise GrammarRefusedToken(
+            "llama.cpp's grammar refused a token its own check had allowed (a token element such as <[id]> or "
+            "!<[id]> where characters may also continue); write that part of the grammar with characters or "
+            "with token elements only")
     if token < 0:
         raise RuntimeError(f"the sampler found no {missing} for its row (see the log with verbose=True)")
     return token

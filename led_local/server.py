@@ -29,11 +29,12 @@ from typing import Any, Callable, Literal
 
 import anyio
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from pydantic import BaseModel, ConfigDict, Field
+import pydantic_core
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from . import chat
@@ -445,6 +446,34 @@ async def _until_done_or_gone(request: Request, work: "asyncio.Future"):
     return None
 
 
+def json_body(model: type[BaseModel]) -> Callable:
+    """A dependency giving the request's JSON body as `model`, parsed and validated on a worker thread: a body
+    of a few MiB takes tens of milliseconds to parse, and on the event loop every stream and /health would
+    wait for it. (Parsing holds the GIL all the same; pydantic's parser holds it half as long as json's.)"""
+    async def parse(request: Request):
+        raw = await request.body()
+        return await asyncio.to_thread(_validated, model, raw)
+    return parse
+
+
+def _validated(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """FastAPI's RequestValidationError as FastAPI itself raises it (locations under "body"), for one handler."""
+    try:
+        data = pydantic_core.from_json(raw)
+    except ValueError as e:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error",
+                                       "ctx": {"error": str(e)}}]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in e.errors()]) from None
+
+
+def _body_schema(model: type[BaseModel]) -> dict:
+    """The request body in the OpenAPI document (/docs), which a dependency's body does not give."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
 def access_line(request: Request, status: int, usage: dict | None, started: float) -> str:
     """One line per request, as llama-server and uvicorn log them: who, what, the status, tokens and time."""
     client = f"{request.client.host}:{request.client.port}" if request.client else "-"
@@ -601,8 +630,8 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
         # sse-starlette's own cancel comes only after this grace, as a last resort
         return EventSourceResponse(events(), ping=15, shutdown_event=anyio.Event(), shutdown_grace_period=3)
 
-    @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest):
+    @app.post("/v1/embeddings", openapi_extra=_body_schema(EmbeddingRequest))
+    async def embeddings(body: EmbeddingRequest = Depends(json_body(EmbeddingRequest))):
         """Pooled, unit-length vectors as llama-server gives them; needs `serve --embedding`."""
         body.check_fields()
         if not llama.embedding:
@@ -617,8 +646,8 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
                 item["embedding"] = base64.b64encode(np.asarray(item["embedding"], "<f4").tobytes()).decode()
         return out
 
-    @app.post("/v1/completions")
-    async def completions(request: Request, body: CompletionRequest):
+    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
+    async def completions(request: Request, body: CompletionRequest = Depends(json_body(CompletionRequest))):
         generation_only()
         if not body.suffix:
             def build():
@@ -628,8 +657,8 @@ def create_app(llama: Llama, model_id: str, api_key: str | None = None, limits: 
                 return fim_prompt_tokens(llama, body.prompt, body.suffix), None
         return await respond(request, body, build, 16, len(body.prompt), body.prompt if body.echo else "")
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request, body: ChatRequest):
+    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatRequest))
+    async def chat_completions(request: Request, body: ChatRequest = Depends(json_body(ChatRequest))):
         generation_only()
 
         def build():  # the template's rendering: off the event loop too

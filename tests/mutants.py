@@ -293,6 +293,23 @@ MUTANTS = [
     Mutant("server: tokenizing and grammar building back on the event loop", "led_local/server.py",
            "job, shape = await asyncio.to_thread(work)", "job, shape = work()",
            ("tests/test_hostile.py::test_preparing_a_request_never_blocks_the_event_loop",)),
+    Mutant("bounds: a repetition's maximum below its minimum allowed", "led_local/grammar_bounds.py",
+           "        if hi_n is not None and hi_n < lo_n:", "        if False:",
+           (T_HOSTILE + "[grammar repetition {3,1} (llama.cpp expands it until memory runs out)]",)),
+    Mutant("bounds: left recursion through empty items allowed", "led_local/grammar_bounds.py",
+           "    looped = m.left_recursion()", "    looped = None",
+           (T_HOSTILE + "[grammar left-recursive through an empty item (llama.cpp runs out of memory)]",)),
+    Mutant("bounds: a JSON schema's allOf cycles unchecked", "led_local/grammar_bounds.py",
+           "    looped = inlined_ref_cycle(schema)", "    looped = None",
+           (T_HOSTILE + "[schema whose allOf refers to itself (the converter's stack overflows)]",)),
+    Mutant("bounds: the grammar parser's own nesting unchecked", "led_local/grammar_bounds.py",
+           "                if self.level > MAX_DEPTH:", "                if False:",
+           (T_HOSTILE + "[grammar nested 5,000 deep after a broken token (found by tests/fuzz_grammar.py)]",)),
+    Mutant("guard: a grammar's throwing accept unwinds through the C glue", "csrc/led_guard.cpp",
+           "    try {\n        llama_sampler_accept(smpl, token);\n        return true;\n"
+           "    } catch (const std::exception &) {\n        return false;\n    }",
+           "    llama_sampler_accept(smpl, token);\n    return true;",
+           ("tests/test_constraints.py::test_a_grammar_refusing_a_token_it_allowed_is_an_error_not_a_crash",)),
     Mutant("bounds: alternatives at one position unchecked", "led_local/grammar_bounds.py",
            "    if widest > MAX_ALTERNATIVES:", "    if False:", (T_HOSTILE + "[a grammar of 2,000 alternatives]",)),
     Mutant("generate: a prompt's bytes not checked before tokenizing", "led_local/generate.py",
@@ -436,15 +453,19 @@ def make_copy(pkg: Path, root: Path, mutant: Mutant | None) -> Path:
         csrc = root / "csrc"
         shutil.copytree(REPO / "csrc", csrc)
         _plant(root / mutant.path, mutant)
-        cc = os.environ.get("CC", "cc")
-        cmd = [cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra", "-Werror=implicit-function-declaration",
-               *[f"-I{p}" for p in [csrc, *llama_headers()]],
-               *[str(csrc / f) for f in ("led_engine.c", "led_core.c", "led_sampler.c")],
-               f"-L{dest / 'lib'}", "-lllama", "-lggml", "-lm", "-Wl,-rpath,$ORIGIN",
-               "-o", str(dest / "lib" / "libled_engine.so")]
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"the C mutant does not compile:\n{r.stderr[-2000:]}")
+        cc, cxx = os.environ.get("CC", "cc"), os.environ.get("CXX", "c++")
+        includes = [f"-I{p}" for p in [csrc, *llama_headers()]]
+        guard = root / "led_guard.o"  # the one C++ file of led_engine (csrc/led_guard.cpp)
+        for cmd in ([cxx, "-std=c++17", "-O2", "-fPIC", "-c", "-Wall", "-Wextra", *includes,
+                     str(csrc / "led_guard.cpp"), "-o", str(guard)],
+                    [cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra",
+                     "-Werror=implicit-function-declaration", *includes,
+                     *[str(csrc / f) for f in ("led_engine.c", "led_core.c", "led_sampler.c")], str(guard),
+                     f"-L{dest / 'lib'}", "-lllama", "-lggml", "-lm", "-lstdc++", "-Wl,-rpath,$ORIGIN",
+                     "-o", str(dest / "lib" / "libled_engine.so")]):
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"the C mutant does not compile:\n{r.stderr[-2000:]}")
     return root
 
 

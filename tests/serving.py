@@ -17,6 +17,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SERVER_ADDRESS_SPACE = 16 << 30
+
+
+def _bounded_memory() -> None:
+    """A server under test that runs away with memory (a planted bug, a grammar llama.cpp expands without
+    end) fails its own allocations at 16 GiB of address space, not the machine's other processes."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (SERVER_ADDRESS_SPACE, SERVER_ADDRESS_SPACE))
+
+
 def start_server(model, *args: str, threads: int = 1, timeout: float = 60,
                  access_log: bool = False) -> tuple[subprocess.Popen, str]:
     """Without `access_log` the server runs `--quiet`: nothing reads its stderr while it runs, and a pipe that
@@ -25,7 +36,7 @@ def start_server(model, *args: str, threads: int = 1, timeout: float = 60,
     quiet = [] if access_log else ["--quiet"]
     proc = subprocess.Popen([sys.executable, "-m", "led_local.cli", "serve", "--model", str(model), "--threads",
                              str(threads), "--port", str(port), *quiet, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_bounded_memory)
     base = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -130,6 +130,18 @@ def test_conflicting_constraints_are_an_error_not_a_crash(smol):
     assert smol.create_completion("Answer:", max_tokens=2, temperature=0)["choices"][0]["text"]
 
 
+def test_a_grammar_refusing_a_token_it_allowed_is_an_error_not_a_crash(smol):
+    """llama.cpp's grammar allows " a" (a space, then a token element, checked as a whole token) and then
+    throws when accepting it character by character: a C++ exception through our C glue ended the process
+    (tests/fuzz_grammar.py found it; csrc/led_guard.cpp). Now a clear error, and the Llama goes on."""
+    (space_a,) = smol.tokenize(b" a", add_bos=False, special=False)
+    for sampler in SAMPLERS:
+        with pytest.raises(ValueError, match="refused a token its own check had allowed"):
+            smol.create_completion("Answer:", max_tokens=3, grammar='root ::= " " !<[0]>', sampler=sampler,
+                                   logit_bias={space_a: 50.0}, temperature=0.5, seed=1)
+    assert smol.create_completion("Answer:", max_tokens=2, temperature=0)["choices"][0]["text"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(grammar="root ::= ("), "does not parse"),
     (dict(grammar=""), "GBNF"),

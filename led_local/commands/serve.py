@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def serve(model, threads, placement, host, port, api_key, n_ctx, parallel, max_n
         # SIGTERM / Ctrl-C: uvicorn stops accepting and open streams end (sse-starlette); uvicorn then raises
         # the signal again, which these handlers turn into a normal return (exit status 0)
         previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # the model, the app and every module live as long as the server: out of the cyclic collector's
+        # walks, so the collection after a large request (server.py, _release_freed_memory) walks only what
+        # requests made (50 ms on the event loop without this, measured)
+        gc.freeze()
         try:
             config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5,
                                     http=header_timeout_protocol(), limit_concurrency=max_connections,
