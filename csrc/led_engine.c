@@ -189,10 +189,6 @@ int32_t led_batch_add(led_batch * b, int32_t token, int32_t pos, int32_t seq_id,
     return i;
 }
 
-int32_t led_batch_size(const led_batch * b) {
-    return b->batch.n_tokens;
-}
-
 int32_t led_decode(struct llama_context * ctx, led_batch * b) {
     return llama_decode(ctx, b->batch);
 }

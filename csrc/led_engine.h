@@ -58,7 +58,6 @@ void        led_batch_free(led_batch * batch);
 void        led_batch_clear(led_batch * batch);
 // Returns the token's index in the batch (what llama_get_logits_ith takes), or -1 when full.
 int32_t     led_batch_add(led_batch * batch, int32_t token, int32_t pos, int32_t seq_id, bool output);
-int32_t     led_batch_size(const led_batch * batch);
 // llama_decode of the batch: 0 ok, 1 no KV slot, 2 aborted, < 0 error.
 int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
 // While *flag is nonzero, a llama_decode of ctx stops at its next graph node and returns 2 (ggml's abort

@@ -321,10 +321,6 @@ static struct llama_sampler * led_sampler_clone(const struct llama_sampler * smp
     return out;
 }
 
-void led_sampler_set_row(struct llama_sampler * smpl, int32_t row) {
-    ((led_sampler_state *) smpl->ctx)->row = row;
-}
-
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row) {
     led_sampler_state * st = smpl->ctx;
     st->ctx = ctx;

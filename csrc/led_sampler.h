@@ -38,10 +38,8 @@ typedef struct led_sampler_params {
 // requests decoded in the same batch may have asked for more blocks.
 struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sampler_params * params);
 
-// The output row the next llama_sampler_apply reads (llama_sampler_i.apply gets only the candidates array).
-void led_sampler_set_row(struct llama_sampler * smpl, int32_t row);
-
-// set_row + apply + accept, without building llama.cpp's full-vocabulary candidates array: the fast path.
+// One step on output row `row` of ctx's last decode, and its accept, without building llama.cpp's
+// full-vocabulary candidates array (the sampler's llama_sampler_i.apply then reads that row too).
 // Returns the token, -1 when the context has no latent rows for an exploring step, -2 when the
 // constraints leave no token (a grammar at a dead end), or -3 when the grammar refused the token (led_accept).
 int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);

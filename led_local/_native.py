@@ -46,7 +46,6 @@ led_batch * led_batch_new(int32_t n_max);
 void        led_batch_free(led_batch * batch);
 void        led_batch_clear(led_batch * batch);
 int32_t     led_batch_add(led_batch * batch, int32_t token, int32_t pos, int32_t seq_id, bool output);
-int32_t     led_batch_size(const led_batch * batch);
 int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
 void        led_set_abort_flag(struct llama_context * ctx, const int32_t * flag);
 typedef struct llama_logit_bias { int32_t token; float bias; } llama_logit_bias;
@@ -69,9 +68,6 @@ void llama_free(struct llama_context * ctx);
 int32_t llama_model_n_layer(const struct llama_model * model);
 int32_t llama_model_n_embd(const struct llama_model * model);
 int32_t llama_model_n_ctx_train(const struct llama_model * model);
-uint64_t llama_model_size(const struct llama_model * model);
-uint64_t llama_model_n_params(const struct llama_model * model);
-int32_t llama_model_desc(const struct llama_model * model, char * buf, size_t buf_size);
 int32_t llama_model_meta_count(const struct llama_model * model);
 int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
 int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
@@ -85,14 +81,12 @@ llama_token llama_vocab_fim_pre(const struct llama_vocab * vocab);
 llama_token llama_vocab_fim_suf(const struct llama_vocab * vocab);
 llama_token llama_vocab_fim_mid(const struct llama_vocab * vocab);
 bool llama_vocab_is_eog(const struct llama_vocab * vocab, llama_token token);
-bool llama_vocab_is_control(const struct llama_vocab * vocab, llama_token token);
 bool llama_vocab_get_add_bos(const struct llama_vocab * vocab);
 const char * llama_vocab_get_text(const struct llama_vocab * vocab, llama_token token);
 int32_t llama_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
                        llama_token * tokens, int32_t n_tokens_max, bool add_special, bool parse_special);
 int32_t llama_token_to_piece(const struct llama_vocab * vocab, llama_token token, char * buf, int32_t length,
                              int32_t lstrip, bool special);
-uint32_t llama_n_ctx(const struct llama_context * ctx);
 float * llama_get_logits_ith(struct llama_context * ctx, int32_t i);
 llama_memory_t llama_get_memory(const struct llama_context * ctx);
 void llama_memory_clear(llama_memory_t mem, bool data);
@@ -101,7 +95,6 @@ size_t llama_state_get_data(struct llama_context * ctx, uint8_t * dst, size_t si
 size_t llama_state_set_data(struct llama_context * ctx, const uint8_t * src, size_t size);
 bool llama_memory_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
 void llama_memory_seq_cp(llama_memory_t mem, llama_seq_id seq_id_src, llama_seq_id seq_id_dst, llama_pos p0, llama_pos p1);
-llama_token llama_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx);
 void llama_sampler_free(struct llama_sampler * smpl);
 void llama_sampler_accept(struct llama_sampler * smpl, llama_token token);
 
@@ -156,7 +149,9 @@ ggml_backend_dev_t ggml_backend_dev_get(size_t index);
 const char * ggml_backend_dev_name(ggml_backend_dev_t device);
 const char * ggml_backend_dev_description(ggml_backend_dev_t device);
 void ggml_backend_dev_memory(ggml_backend_dev_t device, size_t * free, size_t * total);
-int ggml_backend_dev_type(ggml_backend_dev_t device);
+enum ggml_backend_dev_type { GGML_BACKEND_DEVICE_TYPE_CPU, GGML_BACKEND_DEVICE_TYPE_GPU, GGML_BACKEND_DEVICE_TYPE_IGPU,
+                             GGML_BACKEND_DEVICE_TYPE_ACCEL, GGML_BACKEND_DEVICE_TYPE_META };
+enum ggml_backend_dev_type ggml_backend_dev_type(ggml_backend_dev_t device);
 """
 
 ffi = FFI()
