@@ -65,9 +65,6 @@ int32_t     led_decode(struct llama_context * ctx, led_batch * batch);
 // flag is the caller's, read atomically, and must outlive the context (NULL removes the callback).
 void        led_set_abort_flag(struct llama_context * ctx, const int32_t * flag);
 
-// The ordinary sampler chain of llama.cpp: penalties, top-k, top-p, min-p, temperature, then a seeded draw
-// (greedy when temperature <= 0). A value that disables a stage (top_k <= 0, top_p >= 1, min_p <= 0,
-// repeat_penalty == 1) leaves that stage out.
 // What constrains the final layer's logits before any sampler picks from them: logit bias, penalties
 // (repeat, frequency, presence over the last penalty_last_n tokens) and a GBNF grammar (rule `root`).
 typedef struct led_constraint_params {
@@ -94,6 +91,9 @@ typedef struct led_constraint_params {
 // logits, never their order. NULL when the grammar does not parse or refuses its prefill (llama.cpp logs why).
 struct llama_sampler * led_constraints_new(const struct llama_model * model, const led_constraint_params * c);
 
+// The ordinary sampler chain of llama.cpp after the constraints: top-k, typical, top-p, min-p (or Mirostat),
+// temperature, then a seeded draw (greedy when temperature <= 0). A value that disables a stage (the "off"
+// values below) leaves that stage out.
 typedef struct led_standard_params {
     float    temperature;       // <= 0: greedy
     int32_t  top_k;             // <= 0: off

@@ -1,8 +1,8 @@
 """`Llama`: one GGUF model and its llama.cpp context, in the shape llama-cpp-python users know.
 
 This module owns the model/context lifetime, tokenization, batched decoding and the latent readout.
-Generation (the token loop, stop strings, OpenAI-shaped results) lives in `generate.py`, sampler
-settings in `sampling.py`, chat templates in `chat.py`.
+The token loop (slots, cached prefixes, one decode per step) lives in `scheduler.py`; text, stop strings
+and OpenAI-shaped results in `generate.py`; sampler settings in `sampling.py`; chat templates in `chat.py`.
 """
 
 from __future__ import annotations
@@ -430,7 +430,7 @@ class Llama:
                 raise ValueError(f"token id {t} is outside the vocabulary [0, {n_vocab})")
         return b"".join(self.token_to_bytes(int(t), special) for t in tokens)
 
-    # --- decoding (used by generate.py) ---------------------------------------------------------------
+    # --- decoding (used by scheduler.py) --------------------------------------------------------------
 
     def _memory(self):
         return self._lib.llama_get_memory(self._ctx)
