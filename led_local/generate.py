@@ -13,6 +13,7 @@ from . import chat
 from .errors import FieldError
 from .grammar import response_format_grammar
 from .scheduler import Delta, Job
+from .textstream import TextStream
 from .sampling import (SAMPLERS, Constraints, DoLaSampling, LEDConfig, LEDSampling, StandardSampling,
                        resolve_seed)
 
@@ -25,6 +26,11 @@ def _normalize_stop(stop: str | Sequence[str] | None) -> list[str]:
     if not all(isinstance(s, str) for s in stop):
         raise TypeError("stop must be a string or a list of strings")
     return [s for s in stop if s]
+
+
+def _texts(llama, stop: list[str]):
+    """What makes each sample's text stream: the model's token bytes, cut at `stop`."""
+    return lambda: TextStream(llama.token_to_bytes, stop)
 
 
 def fim_prompt_tokens(llama, prompt: str | bytes | Sequence[int], suffix: str) -> list[int]:
@@ -90,8 +96,8 @@ def stream_deltas(
 ) -> Iterator[Delta]:
     """Generate n samples of one prompt on the Llama's scheduler (sample i is seeded with seed + i), running
     its steps while the deltas are consumed; fills `usage` as it goes."""
-    job = Job(prompt=list(prompt_tokens), n=n, max_tokens=max_tokens, spec=spec, seed=seed, stop=stop,
-              trace=trace, usage=usage)
+    job = Job(prompt=list(prompt_tokens), n=n, max_tokens=max_tokens, spec=spec, seed=seed,
+              text=_texts(llama, stop), trace=trace, usage=usage)
     return _deltas(llama, job)
 
 
@@ -171,7 +177,7 @@ def prepare(llama, tokens: list[int], *, n: int = 1, max_tokens: int | None, sto
     spec.check(llama)
     spec.graph_needs(llama)
     job = Job(prompt=tokens, n=n, max_tokens=max_tokens, spec=spec, seed=resolve_seed(seed, llama.seed),
-              stop=_normalize_stop(stop), trace=bool(trace), logprobs=logprobs)
+              text=_texts(llama, _normalize_stop(stop)), trace=bool(trace), logprobs=logprobs)
     llama._scheduler.check(job)
     if echo and logprobs is not None:
         raise ValueError("echo with logprobs is not supported (the prompt's own logprobs are not computed); "

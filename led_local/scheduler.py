@@ -3,7 +3,7 @@ prefixes, and one llama_decode per step for every live sequence of every request
 
 After llama-server's split of slots from tasks: a *slot* is a llama.cpp sequence id and the tokens its KV
 cells hold (its cached prefix); a *job* is one request: a prompt, n samples, sampler settings, seeds, stop
-strings and limits (or, for `Llama.latents`, a readout of the prompt's last row). A job takes n free slots
+strings' detector and limits (or, for `Llama.latents`, a readout of the prompt's last row). A job takes n free slots
 when admitted. Sample 0 gets the free slot whose cache shares the longest prefix with the prompt, so only
 the rest of the prompt is evaluated; when the prompt is in, samples 1..n-1 get a copy of its cells
 (llama_memory_seq_cp: the cells are shared, not copied). A finished job frees its slots, which keep their
@@ -21,8 +21,9 @@ out).
 
 One step (`Scheduler.step`):
  1. admit waiting jobs, first come first served, into free slots;
- 2. sample a token for every sequence whose output row came out of the last decode; detokenize, check
-    end of generation, stop strings and max_tokens, and hand the new text to the job's consumer;
+ 2. sample a token for every sequence whose output row came out of the last decode; check end of
+    generation, max_tokens and (through the front's text stream, led_local/textstream.py) stop strings,
+    and hand the new text to the job's consumer;
  3. build one batch: the new token of every live sequence, then prompt chunks of jobs still prefilling,
     up to n_batch tokens, so a long prompt never freezes the others' streams;
  4. give the graph the latent readout that the jobs in flight need (the union of their blocks; none when
@@ -39,7 +40,6 @@ alone, beside others, or after a cached prefix (README, "Determinism", says wher
 
 from __future__ import annotations
 
-import codecs
 import itertools
 import threading
 import time
@@ -70,16 +70,13 @@ class _Sequence:
     seed: int
     slot: "Slot | None" = None
     tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
+    text: Any = None  # the front's TextStream: feed(token) -> whether a stop string ended it; delta(final)
     finish_reason: str | None = None
     pending_token: int | None = None  # sampled, to be decoded in this step's batch
     row: int | None = None            # its output row in the last decode
     pending_trace: list = field(default_factory=list)
     pending_logprobs: list = field(default_factory=list)
-    cut: bool = False     # a stop string ended it: the text is final, nothing to flush
     closed: bool = False  # its last delta was handed out
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
 
 
 @dataclass(eq=False)
@@ -97,17 +94,6 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return int(np.argmin(np.asarray(a[:n]) == np.asarray(b[:n])))
 
 
-def held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that could still grow into a stop string (not streamed yet)."""
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), hold, -1):
-            if text.endswith(s[:k]):
-                hold = k
-                break
-    return hold
-
-
 @dataclass(eq=False)
 class Job:
     """One request. Generation: n samples of `prompt` (sample i seeded with seed + i). Readout (`readout` set
@@ -118,7 +104,9 @@ class Job:
     max_tokens: int | None = None
     spec: Any = None
     seed: int = 0
-    stop: list[str] = field(default_factory=list)
+    # makes each sample's text stream (led_local.textstream.TextStream: UTF-8, stop strings, hold-back);
+    # None: the deltas carry no text (a diagnostic that reads tokens only)
+    text: Callable[[], Any] | None = None
     trace: bool = False
     logprobs: int | None = None  # hand out each token's log-probability and this many alternatives
     readout: tuple[tuple[int, ...], bool] | None = None
@@ -152,7 +140,8 @@ class Job:
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be a positive integer, got {self.n!r}")
-        self.seqs = [_Sequence(index=i, seed=(self.seed + i) & 0xFFFFFFFF) for i in range(self.n)]
+        self.seqs = [_Sequence(index=i, seed=(self.seed + i) & 0xFFFFFFFF,
+                               text=self.text() if self.text is not None else None) for i in range(self.n)]
         n_prompt = len(self.prompt)
         self.usage.update(prompt_tokens=n_prompt, completion_tokens=0, total_tokens=n_prompt,
                           prompt_tokens_details={"cached_tokens": 0})
@@ -451,8 +440,7 @@ class Scheduler:
         del slot.tokens[keep:]
 
     def _sample(self, job: Job) -> None:
-        n_prompt, stop, llama = len(job.prompt), job.stop, self.llama
-        longest_stop = max((len(s) for s in stop), default=0)
+        n_prompt, llama = len(job.prompt), self.llama
         for s in job.seqs:
             if s.finish_reason is not None or s.row is None:
                 continue
@@ -475,14 +463,8 @@ class Scheduler:
             else:
                 s.tokens.append(token)
                 job.usage["completion_tokens"] += 1
-                before = len(s.text)
-                s.text += s.decoder.decode(llama.token_to_bytes(token))
-                if stop:
-                    window = max(0, before - longest_stop + 1)
-                    hits = [p for p in (s.text.find(x, window) for x in stop) if p >= 0]
-                    if hits:
-                        s.text = s.text[: min(hits)]
-                        s.finish_reason, s.cut = "stop", True
+                if s.text is not None and s.text.feed(token):
+                    s.finish_reason = "stop"  # a stop string
                 if s.finish_reason is None and job.max_tokens is not None and len(s.tokens) >= job.max_tokens:
                     s.finish_reason = "length"
                 if s.finish_reason is None and not self._cell_for(job):
@@ -506,18 +488,12 @@ class Scheduler:
         for s in job.seqs:
             if s.closed:
                 continue
-            if s.finish_reason is not None:
-                if not s.cut:
-                    s.text += s.decoder.decode(b"", final=True)
-                end = len(s.text)
-            else:
-                end = len(s.text) - held_back(s.text, job.stop)
-            if (end > s.emitted or s.finish_reason is not None or (job.trace and s.pending_trace)
-                    or s.pending_logprobs):
-                job.pending.append(Delta(s.index, s.text[s.emitted: end], s.finish_reason,
+            text = s.text.delta(final=s.finish_reason is not None) if s.text is not None else ""
+            if text or s.finish_reason is not None or (job.trace and s.pending_trace) or s.pending_logprobs:
+                job.pending.append(Delta(s.index, text, s.finish_reason,
                                          s.pending_trace if job.trace else None,
                                          s.pending_logprobs if job.logprobs is not None else None))
-                s.emitted, s.pending_trace, s.pending_logprobs = end, [], []
+                s.pending_trace, s.pending_logprobs = [], []
             s.closed = s.finish_reason is not None
         self._notify(job)
 
