@@ -35,20 +35,20 @@ def evaluate(chunks):
     llm.reset()
     pos = 0
     for c in chunks:
-        llm._decode([(toks[pos + i], pos + i, 0, pos + i == n - 1) for i in range(c)])
+        llm.engine.decode([(toks[pos + i], pos + i, 0, pos + i == n - 1) for i in range(c)])
         pos += c
-    return llm._logits(-1)
+    return llm.engine.logits(-1)
 
 llm.reset()  # warm-up: weights paged in, compute buffers allocated
-llm._decode([(toks[i], i, 0, i == 31) for i in range(32)])
+llm.engine.decode([(toks[i], i, 0, i == 31) for i in range(32)])
 t = time.perf_counter()
 base = evaluate([n])
 prompt_s = time.perf_counter() - t
 moved = {f"{a}+{n - a}": float(np.abs(evaluate([a, n - a]) - base).max()) for a in (n - 1, n // 2 + 3)}
 token, t = int(np.argmax(base)), time.perf_counter()
 for i in range(n_decode):
-    llm._decode([(token, n + i, 0, True)])
-    token = int(np.argmax(llm._logits(-1)))
+    llm.engine.decode([(token, n + i, 0, True)])
+    token = int(np.argmax(llm.engine.logits(-1)))
 decode_s = time.perf_counter() - t
 print(json.dumps({"prompt_tok_s": n / prompt_s, "decode_tok_s": n_decode / decode_s, "logits_moved": moved,
                   "n_prompt": n}))

@@ -47,19 +47,19 @@ def exploring_step(llm: Llama, steps: int) -> dict:
     toks = llm.tokenize("Explain in detail how a hash map works and when to use one.")
     layers = llm.default_latent_layers(LEDConfig().d)
     llm.reset()
-    llm._set_latents(layers, with_logits=False, norm=False)
-    llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+    llm.engine.set_latents(layers, with_logits=False, norm=False)
+    llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
     decode, head = [], []
     for step in range(steps):
         t0 = time.perf_counter()
-        llm._decode([(toks[step % len(toks)], len(toks) + step, 0, True)])
-        llm._lib.llama_get_logits_ith(llm._ctx, -1)  # waits for the decode
+        llm.engine.decode([(toks[step % len(toks)], len(toks) + step, 0, True)])
+        llm.engine.lib.llama_get_logits_ith(llm.engine.ctx, -1)  # waits for the decode
         t1 = time.perf_counter()
-        assert llm._lib.llama_get_latent_logits_ith(llm._ctx, -1) != ffi.NULL
+        assert llm.engine.lib.llama_get_latent_logits_ith(llm.engine.ctx, -1) != ffi.NULL
         t2 = time.perf_counter()
         decode.append(t1 - t0)
         head.append(t2 - t1)
-    llm._set_latents([], with_logits=False, norm=False)
+    llm.engine.set_latents([], with_logits=False, norm=False)
     ratio = statistics.median(head) / statistics.median(decode)
     return {"rows": len(layers), "decode_ms": 1e3 * statistics.median(decode), "head_ms": 1e3 * statistics.median(head),
             "head_over_decode": ratio, "goal": "<= 0.5", "met": ratio <= 0.5}

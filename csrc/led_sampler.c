@@ -1,6 +1,8 @@
-// LED as a llama_sampler_i; see led_sampler.h. Math lives in led_core.c, this file is glue.
+// LED as a llama_sampler_i; see led_sampler.h. Math lives in led_core.c, this file is glue; the request's
+// constraints are led_constrained's (led_constrained.h), shared with DoLa and the standard chain.
 #include "led_sampler.h"
 
+#include "led_constrained.h"
 #include "led_core.h"
 #include "llama.h"
 
@@ -30,9 +32,7 @@ typedef struct led_sampler_state {
 
     led_sampler_step_info last;  // its arrays point at cand and at explore or exploit
 
-    struct llama_sampler * constraints;  // owned, or NULL
-    llama_token_data * data;             // [n_vocab] the final logits as the constraints take them
-    float * z0c;                         // [n_vocab] the constrained final logits
+    led_constrained constrained;  // on the final logits before step 3
 } led_sampler_state;
 
 // --- random numbers ----------------------------------------------------------------------------------
@@ -69,24 +69,6 @@ static float led_rng_uniform(uint64_t s[4]) {
 
 // --- one step ----------------------------------------------------------------------------------------
 
-// The final logits z0 through the constraints into out (data: scratch); returns how many tokens they leave
-// (finite logits). A constraint that drops entries rules those tokens out.
-static int32_t constrain_logits(struct llama_sampler * constraints, const float * z0, int32_t n_vocab,
-                                llama_token_data * data, float * out) {
-    for (int32_t v = 0; v < n_vocab; v++) {
-        data[v] = (llama_token_data) { v, z0[v], 0.0f };
-        out[v] = -INFINITY;
-    }
-    llama_token_data_array cur = { data, (size_t) n_vocab, -1, false };
-    llama_sampler_apply(constraints, &cur);
-    int32_t n = 0;
-    for (size_t i = 0; i < cur.size; i++) {
-        out[cur.data[i].id] = cur.data[i].logit;
-        n += isfinite(cur.data[i].logit) ? 1 : 0;
-    }
-    return n;
-}
-
 static int32_t led_sampler_step(led_sampler_state * st) {
     const led_sampler_params * p = &st->params;
     const float * z0 = llama_get_logits_ith(st->ctx, st->row);
@@ -98,13 +80,10 @@ static int32_t led_sampler_step(led_sampler_state * st) {
     const float u_sample = led_rng_uniform(st->rng);
 
     // the constraints act on the final layer before step 3, so every candidate is a token they allow
-    int32_t n_allowed = st->n_vocab;
-    if (st->constraints != NULL) {
-        n_allowed = constrain_logits(st->constraints, z0, st->n_vocab, st->data, st->z0c);
-        z0 = st->z0c;
-        if (n_allowed == 0) {
-            return -2;
-        }
+    int32_t n_allowed;
+    z0 = led_constrained_apply(&st->constrained, z0, &n_allowed);
+    if (n_allowed == 0) {
+        return -2;
     }
     // steps 1-3 and the coin (step 8) from the final layer alone
     int32_t n = p->k < st->n_vocab ? p->k : st->n_vocab;
@@ -156,7 +135,7 @@ static const char * led_sampler_name(const struct llama_sampler * smpl) {
 
 static void led_sampler_accept(struct llama_sampler * smpl, llama_token token) {
     led_sampler_state * st = smpl->ctx;
-    if (st->constraints != NULL && !led_accept(st->constraints, token)) {
+    if (!led_constrained_accept(&st->constrained, token)) {
         st->refused = true;
     }
     const int32_t m = st->params.n_end_think;
@@ -173,30 +152,12 @@ static void led_sampler_accept(struct llama_sampler * smpl, llama_token token) {
 }
 
 static void led_sampler_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
-    led_sampler_state * st = smpl->ctx;
-    const int32_t token = led_sampler_step(st);
-    cur_p->selected = -1;
-    if (token < 0) {
-        return;
-    }
-    // llama_sampler_sample hands the full vocabulary in token order; search in case a caller did not
-    if ((size_t) token < cur_p->size && cur_p->data[token].id == token) {
-        cur_p->selected = token;
-        return;
-    }
-    for (size_t i = 0; i < cur_p->size; i++) {
-        if (cur_p->data[i].id == token) {
-            cur_p->selected = (int64_t) i;
-            return;
-        }
-    }
+    led_select_token(cur_p, led_sampler_step(smpl->ctx));
 }
 
 static void led_sampler_reset(struct llama_sampler * smpl) {
     led_sampler_state * st = smpl->ctx;
-    if (st->constraints != NULL) {
-        llama_sampler_reset(st->constraints);
-    }
+    led_constrained_reset(&st->constrained);
     st->thinking_over = false;
     st->n_recent = 0;
     st->refused = false;
@@ -214,11 +175,7 @@ static void led_sampler_free_state(led_sampler_state * st) {
     free(st->end_think);
     free(st->recent);
     free(st->latent_index);
-    if (st->constraints != NULL) {
-        llama_sampler_free(st->constraints);
-    }
-    free(st->data);
-    free(st->z0c);
+    led_constrained_free(&st->constrained);
     free(st);
 }
 
@@ -265,11 +222,14 @@ static led_sampler_state * led_sampler_state_new(struct llama_context * ctx, con
         }
         return NULL;
     }
-    st->constraints = params->constraints;
     st->ctx     = ctx;
     st->params  = *params;
-    st->params.constraints = NULL;  // st->constraints owns it
+    st->params.constraints = NULL;  // st->constrained owns it
     st->n_vocab = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
+    if (!led_constrained_init(&st->constrained, params->constraints, st->n_vocab, false)) {
+        free(st);
+        return NULL;
+    }
     st->row     = -1;
     st->ws      = led_workspace_new(params->d, params->k);
     st->cand    = malloc(sizeof(int32_t) * (size_t) params->k);
@@ -279,12 +239,8 @@ static led_sampler_state * led_sampler_state_new(struct llama_context * ctx, con
     st->end_think = malloc(sizeof(int32_t) * m);
     st->recent    = calloc(m, sizeof(int32_t));
     st->latent_index = malloc(sizeof(int32_t) * (size_t) (params->d > 1 ? params->d - 1 : 1));
-    if (st->constraints != NULL) {
-        st->data = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
-        st->z0c  = malloc(sizeof(float) * (size_t) st->n_vocab);
-    }
     if (st->ws == NULL || st->cand == NULL || st->explore == NULL || st->exploit == NULL || st->end_think == NULL ||
-        st->recent == NULL || st->latent_index == NULL || (st->constraints != NULL && (st->data == NULL || st->z0c == NULL))) {
+        st->recent == NULL || st->latent_index == NULL) {
         led_sampler_free_state(st);
         return NULL;
     }
@@ -308,7 +264,7 @@ struct llama_sampler * led_sampler_new(struct llama_context * ctx, const led_sam
 static struct llama_sampler * led_sampler_clone(const struct llama_sampler * smpl) {
     const led_sampler_state * src = smpl->ctx;
     led_sampler_params params = src->params;
-    params.constraints = src->constraints != NULL ? llama_sampler_clone(src->constraints) : NULL;
+    params.constraints = src->constrained.constraints != NULL ? llama_sampler_clone(src->constrained.constraints) : NULL;
     struct llama_sampler * out = led_sampler_new(src->ctx, &params);
     if (out != NULL) {
         led_sampler_state * dst = out->ctx;
@@ -334,264 +290,4 @@ int32_t led_sampler_sample(struct llama_sampler * smpl, struct llama_context * c
 
 void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info) {
     *info = ((const led_sampler_state *) smpl->ctx)->last;
-}
-
-// --- DoLa --------------------------------------------------------------------------------------------
-
-typedef struct dola_sampler_state {
-    struct llama_context * ctx;
-    struct llama_sampler * constraints;  // on the final logits before the contrast (owned, or NULL)
-    struct llama_sampler * chain;
-    int32_t m;
-    int32_t n_vocab;
-    int32_t row;
-    int32_t * latent_index;    // [m] the context's latent row of each premature layer, or NULL: rows 0..m-1
-    float * premature;         // [m][n_vocab] gathered rows, when latent_index is not 0..m-1
-    float * contrast;          // [n_vocab]
-    float * z0c;               // [n_vocab] the constrained final logits, with constraints
-    llama_token_data * data;   // [n_vocab]
-    int32_t last_premature;
-    bool refused;              // the constraints threw on a token (led_accept): the sampler is done
-} dola_sampler_state;
-
-static const char * dola_sampler_name(const struct llama_sampler * smpl) {
-    (void) smpl;
-    return "dola";
-}
-
-static int32_t dola_sampler_step(dola_sampler_state * st) {
-    const float * z0 = llama_get_logits_ith(st->ctx, st->row);
-    const float * zl = llama_get_latent_logits_ith(st->ctx, st->row);
-    if (z0 == NULL || zl == NULL) {
-        return -1;
-    }
-    const float * premature = zl;
-    if (st->latent_index != NULL) {
-        // other requests in the batch asked for more blocks: gather this sampler's rows, in its order
-        for (int32_t l = 0; l < st->m; l++) {
-            memcpy(st->premature + (int64_t) l * st->n_vocab, zl + (int64_t) st->latent_index[l] * st->n_vocab,
-                   sizeof(float) * (size_t) st->n_vocab);
-        }
-        premature = st->premature;
-    }
-    if (st->constraints != NULL) {
-        // the plausibility set of the contrast is then made of allowed tokens only
-        if (constrain_logits(st->constraints, z0, st->n_vocab, st->data, st->z0c) == 0) {
-            return -2;
-        }
-        z0 = st->z0c;
-    }
-    st->last_premature = dola_contrast(z0, premature, st->m, st->n_vocab, st->contrast);
-    for (int32_t v = 0; v < st->n_vocab; v++) {
-        st->data[v].id    = v;
-        st->data[v].logit = st->contrast[v];
-        st->data[v].p     = 0.0f;
-    }
-    llama_token_data_array cur = { st->data, (size_t) st->n_vocab, -1, false };
-    llama_sampler_apply(st->chain, &cur);
-    return cur.selected < 0 ? -1 : cur.data[cur.selected].id;
-}
-
-static void dola_sampler_accept(struct llama_sampler * smpl, llama_token token) {
-    dola_sampler_state * st = smpl->ctx;
-    if (st->constraints != NULL && !led_accept(st->constraints, token)) {
-        st->refused = true;
-    }
-    llama_sampler_accept(st->chain, token);
-}
-
-static void dola_sampler_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p) {
-    dola_sampler_state * st = smpl->ctx;
-    const int32_t token = dola_sampler_step(st);
-    cur_p->selected = -1;
-    for (size_t i = 0; token >= 0 && i < cur_p->size; i++) {
-        if (cur_p->data[i].id == token) {
-            cur_p->selected = (int64_t) i;
-            break;
-        }
-    }
-}
-
-static void dola_sampler_reset(struct llama_sampler * smpl) {
-    dola_sampler_state * st = smpl->ctx;
-    if (st->constraints != NULL) {
-        llama_sampler_reset(st->constraints);
-    }
-    llama_sampler_reset(st->chain);
-    st->refused = false;
-}
-
-static void dola_sampler_free_state(dola_sampler_state * st) {
-    if (st != NULL) {
-        llama_sampler_free(st->chain);
-        if (st->constraints != NULL) {
-            llama_sampler_free(st->constraints);
-        }
-        free(st->z0c);
-        free(st->latent_index);
-        free(st->premature);
-        free(st->contrast);
-        free(st->data);
-        free(st);
-    }
-}
-
-static void dola_sampler_free(struct llama_sampler * smpl) {
-    dola_sampler_free_state(smpl->ctx);
-}
-
-static struct llama_sampler_i dola_sampler_iface = {
-    /* .name              = */ dola_sampler_name,
-    /* .accept            = */ dola_sampler_accept,
-    /* .apply             = */ dola_sampler_apply,
-    /* .reset             = */ dola_sampler_reset,
-    /* .clone             = */ NULL,  // the chain it owns has no generic clone here; clone the settings instead
-    /* .free              = */ dola_sampler_free,
-    /* .backend_init      = */ NULL,
-    /* .backend_accept    = */ NULL,
-    /* .backend_apply     = */ NULL,
-    /* .backend_set_input = */ NULL,
-    /* .backend_reset     = */ NULL,
-    /* .copy_state        = */ NULL,
-};
-
-struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
-                                        struct llama_sampler * constraints, struct llama_sampler * chain) {
-    bool identity = true;
-    for (int32_t l = 0; latent_index != NULL && l < m; l++) {
-        if (latent_index[l] < 0) {
-            identity = false;
-            m = 0;  // invalid: refused below
-            break;
-        }
-        identity = identity && latent_index[l] == l;
-    }
-    dola_sampler_state * st = ctx != NULL && chain != NULL && m >= 1 ? calloc(1, sizeof(*st)) : NULL;
-    if (st == NULL) {
-        if (chain != NULL) {
-            llama_sampler_free(chain);
-        }
-        if (constraints != NULL) {
-            llama_sampler_free(constraints);
-        }
-        return NULL;
-    }
-    st->ctx      = ctx;
-    st->chain    = chain;
-    st->constraints = constraints;
-    st->m        = m;
-    st->n_vocab  = llama_vocab_n_tokens(llama_model_get_vocab(llama_get_model(ctx)));
-    st->row      = -1;
-    st->contrast = malloc(sizeof(float) * (size_t) st->n_vocab);
-    st->data     = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
-    st->z0c      = constraints != NULL ? malloc(sizeof(float) * (size_t) st->n_vocab) : NULL;
-    bool ok = st->contrast != NULL && st->data != NULL && (constraints == NULL || st->z0c != NULL);
-    if (ok && !identity) {
-        st->latent_index = malloc(sizeof(int32_t) * (size_t) m);
-        st->premature    = malloc(sizeof(float) * (size_t) m * (size_t) st->n_vocab);
-        ok = st->latent_index != NULL && st->premature != NULL;
-        if (ok) {
-            memcpy(st->latent_index, latent_index, sizeof(int32_t) * (size_t) m);
-        }
-    }
-    if (!ok) {
-        dola_sampler_free_state(st);  // and the chain it took over
-        return NULL;
-    }
-    return llama_sampler_init(&dola_sampler_iface, st);
-}
-
-int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row) {
-    dola_sampler_state * st = smpl->ctx;
-    st->ctx = ctx;
-    st->row = row;
-    const int32_t token = dola_sampler_step(st);
-    if (token >= 0) {
-        llama_sampler_accept(smpl, token);
-    }
-    return st->refused ? -3 : token;
-}
-
-int32_t dola_sampler_last(const struct llama_sampler * smpl) {
-    return ((const dola_sampler_state *) smpl->ctx)->last_premature;
-}
-
-// --- the ordinary chain behind the constraints ---------------------------------------------------------
-
-typedef struct chain_sampler_state {
-    struct llama_sampler * constraints;  // owned, or NULL
-    struct llama_sampler * chain;        // owned
-    int32_t n_vocab;
-    llama_token_data * data;             // [n_vocab]
-    float * z0c;                         // [n_vocab]
-} chain_sampler_state;
-
-static void chain_sampler_free_state(chain_sampler_state * st) {
-    if (st != NULL) {
-        if (st->constraints != NULL) {
-            llama_sampler_free(st->constraints);
-        }
-        if (st->chain != NULL) {
-            llama_sampler_free(st->chain);
-        }
-        free(st->data);
-        free(st->z0c);
-        free(st);
-    }
-}
-
-struct chain_sampler * chain_sampler_new(const struct llama_model * model, struct llama_sampler * constraints,
-                                         struct llama_sampler * chain) {
-    chain_sampler_state * st = model != NULL && chain != NULL ? calloc(1, sizeof(*st)) : NULL;
-    if (st == NULL) {
-        if (constraints != NULL) {
-            llama_sampler_free(constraints);
-        }
-        if (chain != NULL) {
-            llama_sampler_free(chain);
-        }
-        return NULL;
-    }
-    st->constraints = constraints;
-    st->chain       = chain;
-    st->n_vocab     = llama_vocab_n_tokens(llama_model_get_vocab(model));
-    st->data        = malloc(sizeof(llama_token_data) * (size_t) st->n_vocab);
-    st->z0c         = malloc(sizeof(float) * (size_t) st->n_vocab);
-    if (st->data == NULL || st->z0c == NULL) {
-        chain_sampler_free_state(st);
-        return NULL;
-    }
-    return (struct chain_sampler *) st;
-}
-
-void chain_sampler_free(struct chain_sampler * smpl) {
-    chain_sampler_free_state((chain_sampler_state *) smpl);
-}
-
-int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context * ctx, int32_t row) {
-    chain_sampler_state * st = (chain_sampler_state *) smpl;
-    const float * z0 = llama_get_logits_ith(ctx, row);
-    if (z0 == NULL) {
-        return -1;
-    }
-    if (st->constraints != NULL) {
-        if (constrain_logits(st->constraints, z0, st->n_vocab, st->data, st->z0c) == 0) {
-            return -2;  // checked before the chain: a draw over no finite logit has no meaning
-        }
-        z0 = st->z0c;
-    }
-    for (int32_t v = 0; v < st->n_vocab; v++) {
-        st->data[v] = (llama_token_data) { v, z0[v], 0.0f };
-    }
-    llama_token_data_array cur = { st->data, (size_t) st->n_vocab, -1, false };
-    llama_sampler_apply(st->chain, &cur);
-    if (cur.selected < 0 || (size_t) cur.selected >= cur.size) {
-        return -1;
-    }
-    const llama_token token = cur.data[cur.selected].id;
-    if (st->constraints != NULL && !led_accept(st->constraints, token)) {
-        return -3;
-    }
-    llama_sampler_accept(st->chain, token);
-    return token;
 }

@@ -59,33 +59,6 @@ typedef struct led_sampler_step_info {
 } led_sampler_step_info;
 void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info);
 
-// DoLa over m premature rows the context hands out (llama_set_latents with in-graph logits): rows
-// latent_index[0..m) of the context's latent set (NULL: rows 0..m-1), followed
-// by `chain` (penalties, temperature, top-k, top-p, ... or greedy) on the contrasted logits, as transformers
-// applies its logits processors after DoLa's contrast. `constraints` (logit bias, grammar; NULL: none) act
-// on the final logits before the contrast, so its plausibility set holds only tokens they allow. Takes
-// ownership of both, also when it fails. Its llama_sampler_i.apply reads the row of the last
-// dola_sampler_sample call; dola_sampler_sample is the way to drive it.
-struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
-                                        struct llama_sampler * constraints, struct llama_sampler * chain);
-// The token, -1 without premature rows, -2 when the constraints leave no token, -3 (led_accept).
-int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
-// The premature row the last step contrasted with.
-int32_t dola_sampler_last(const struct llama_sampler * smpl);
-
-// Standard sampling: `constraints` (led_constraints_new; NULL: none) on the final logits, then `chain`
-// (truncations, temperature, draw), as one llama.cpp chain would run them, except that a step whose
-// constraints leave no token returns -2 instead of drawing from nothing (and accepting a token a grammar
-// refuses, which llama.cpp answers by throwing). Takes ownership of both, also when it fails.
-struct llama_model;
-struct chain_sampler;
-struct chain_sampler * chain_sampler_new(const struct llama_model * model, struct llama_sampler * constraints,
-                                         struct llama_sampler * chain);
-// The token (accepted), -1 without logits for the row, -2 when the constraints leave no token, -3 when the
-// grammar refused the token (led_accept).
-int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context * ctx, int32_t row);
-void    chain_sampler_free(struct chain_sampler * smpl);
-
 // llama_sampler_accept, false when it throws (a grammar refusing the token; led_guard.cpp): the step then
 // answers -3 and the sampler must not be used again.
 bool led_accept(struct llama_sampler * smpl, int32_t token);

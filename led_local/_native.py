@@ -123,14 +123,20 @@ typedef struct led_sampler_step_info {
     int32_t n_cand; const int32_t * candidates; const float * probs;
 } led_sampler_step_info;
 void led_sampler_last(const struct llama_sampler * smpl, led_sampler_step_info * info);
+
+/* csrc/dola_sampler.h */
 struct llama_sampler * dola_sampler_new(struct llama_context * ctx, int32_t m, const int32_t * latent_index,
                                         struct llama_sampler * constraints, struct llama_sampler * chain);
 int32_t dola_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t row);
 int32_t dola_sampler_last(const struct llama_sampler * smpl);
+
+/* csrc/chain_sampler.h */
 struct chain_sampler * chain_sampler_new(const struct llama_model * model, struct llama_sampler * constraints,
                                          struct llama_sampler * chain);
 int32_t chain_sampler_sample(struct chain_sampler * smpl, struct llama_context * ctx, int32_t row);
 void    chain_sampler_free(struct chain_sampler * smpl);
+
+/* csrc/led_core.h */
 int32_t dola_contrast(const float * final_logits, const float * premature, int32_t m, int32_t n_vocab, float * out);
 
 /* our patch to llama.h */
@@ -237,9 +243,9 @@ def led_step(z, temperature: float, k: int, exploit: bool, explore_allowed: bool
         L.led_workspace_free(ws)
 
 
-def led_sampler_new(llama, d: int, k: int, temperature: float, exploit: bool, think_only: bool,
+def led_sampler_new(engine, d: int, k: int, temperature: float, exploit: bool, think_only: bool,
                     end_think: list[int], seed: int, latent_index: list[int] | None = None, constraints=ffi.NULL):
-    """A native LED sampler (csrc/led_sampler.c) on this Llama's context; NULL-checked by the caller.
+    """A native LED sampler (csrc/led_sampler.c) on this engine's context; NULL-checked by the caller.
     latent_index[j-1]: the context's latent row that depth j reads (None: row j-1). constraints (a native
     led_constraints_new chain, or NULL) is taken over, also when this fails."""
     params = ffi.new("led_sampler_params *")
@@ -250,7 +256,7 @@ def led_sampler_new(llama, d: int, k: int, temperature: float, exploit: bool, th
     params.exploit, params.think_only, params.seed = exploit, think_only, seed
     params.end_think, params.n_end_think = marker, len(end_think)
     params.latent_index = index
-    return lib().led_sampler_new(llama._ctx, params)  # the sampler copies the marker and the index
+    return lib().led_sampler_new(engine.ctx, params)  # the sampler copies the marker and the index
 
 
 def led_sampler_last(handle) -> dict:

@@ -212,7 +212,7 @@ def render(llama, messages: object, tools: object = None, tool_choice: object = 
 
 def _apply(llama, request: dict) -> dict:
     try:
-        return json.loads(llama._chat_templates().apply(json.dumps(request)))
+        return json.loads(llama.engine.chat_templates().apply(json.dumps(request)))
     except ValueError as e:
         raise ChatTemplateError(f"the model's chat template cannot render this request: {e}") from None
 
@@ -228,7 +228,7 @@ def _trigger_pattern(trigger: dict) -> str:
 
 def parse(llama, rendered: Rendered, text: str, partial: bool) -> dict:
     """The answer's text as common/chat reads it back: {"role", "content", "reasoning_content"?, "tool_calls"?}."""
-    return json.loads(llama._chat_templates().parse(rendered.lead + text, partial, rendered.parser))
+    return json.loads(llama.engine.chat_templates().parse(rendered.lead + text, partial, rendered.parser))
 
 
 def finish_reason(reason: str | None, called: bool) -> str | None:

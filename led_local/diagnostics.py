@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._native import ffi
 from .generate import chat_prompt_tokens
 from .sampling import StandardSampling
 from .scheduler import Job
@@ -67,12 +66,8 @@ def _profile_pass(llama, prompts: list[list[dict]], norm: bool, max_tokens: int,
 
     def observe(row: int, index: list[int]) -> None:
         nonlocal sums
-        final = llama._logits(row)
-        ptr = llama._lib.llama_get_latent_logits_ith(llama._ctx, row)
-        if ptr == ffi.NULL:
-            raise RuntimeError("this model's graph offers no latent readout")
-        n_lat = len(llama._scheduler.latent.layers)
-        lat = np.frombuffer(ffi.buffer(ptr, 4 * n_lat * n_vocab), np.float32).reshape(n_lat, n_vocab)[index]
+        final = llama.engine.logits(row)
+        lat = llama.scheduler.latent_logits(row, index)
         sums += normalized_entropy(lat, temperature)
         totals["final"] += float(normalized_entropy(final[None], temperature)[0])
         z = final.astype(np.float64) / (temperature or 1.0)
@@ -85,7 +80,7 @@ def _profile_pass(llama, prompts: list[list[dict]], norm: bool, max_tokens: int,
         # no cached prefix: both lenses must see the very same generations
         job = Job(prompt=tokens, max_tokens=max_tokens, spec=spec, seed=seed + p_index,
                   watch=(tuple(range(n_layer)), norm), observe=observe, reuse=False)
-        llama._scheduler.run(job)
+        llama.scheduler.run(job)
     return sums, totals["final"], totals["top1"], totals["count"]
 
 

@@ -13,20 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ._native import ffi
-
-# llama.h's enum llama_pooling_type
-POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
-
-
-def model_pooling(metadata: dict[str, str]) -> int:
-    """The GGUF's pooling type, or mean when it names none (a generative model)."""
-    arch = metadata.get("general.architecture", "")
-    try:
-        kind = int(metadata.get(f"{arch}.pooling_type", "0"))
-    except ValueError:
-        kind = 0
-    return kind if kind in (1, 2, 3, 4) else POOLING["mean"]
+from .engine import Engine
 
 
 def _inputs(input: str | Sequence[str]) -> tuple[list[str], bool]:
@@ -37,21 +24,20 @@ def _inputs(input: str | Sequence[str]) -> tuple[list[str], bool]:
     raise TypeError("input must be a string or a non-empty list of strings")
 
 
-def embed(llama, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
+def embed(engine: Engine, input: str | Sequence[str], normalize: bool = False, truncate: bool = True,
           return_count: bool = False):
     """One pooled vector per input (a list of floats for a string, a list of them for a list); normalize=True
     scales each to unit length (llama-cpp-python's default is not to; llama-server's /v1/embeddings does);
     an input longer than a batch is cut (truncate) or refused."""
-    if not llama.embedding:
+    if not engine.embedding:
         raise ValueError("this Llama computes no embeddings; open it with Llama(..., embedding=True)")
     texts, single = _inputs(input)
-    limit = min(llama.n_batch, llama.n_ctx_seq)
+    limit = min(engine.n_batch, engine.n_ctx())
     vectors, count = [], 0
-    lib = llama._lib
-    with llama._lock:
-        llama._check_open()
+    with engine.lock:
+        engine.check_open()
         for text in texts:
-            tokens = llama.tokenize(text, add_bos=True, special=True)
+            tokens = engine.tokenize(text, add_bos=True, special=True)
             if len(tokens) > limit:
                 if not truncate:
                     raise ValueError(f"an input has {len(tokens)} tokens, more than the {limit} one decode takes; "
@@ -59,12 +45,9 @@ def embed(llama, input: str | Sequence[str], normalize: bool = False, truncate: 
                 tokens = tokens[:limit]
             if not tokens:
                 raise ValueError("an input is empty")
-            llama.reset()
-            llama._decode([(token, pos, 0, True) for pos, token in enumerate(tokens)])  # one batch: limit
-            ptr = lib.llama_get_embeddings_seq(llama._ctx, 0)
-            if ptr == ffi.NULL:
-                raise RuntimeError("llama.cpp returned no pooled embedding for this input")
-            vec = np.frombuffer(ffi.buffer(ptr, 4 * llama.n_embd()), np.float32).astype(np.float64)
+            engine.clear_memory()
+            engine.decode([(token, pos, 0, True) for pos, token in enumerate(tokens)])  # one batch: limit
+            vec = engine.embedding_of(0).astype(np.float64)
             if normalize:
                 norm = np.linalg.norm(vec)
                 vec = vec / norm if norm > 0 else vec
@@ -74,11 +57,12 @@ def embed(llama, input: str | Sequence[str], normalize: bool = False, truncate: 
     return (result, count) if return_count else result
 
 
-def create_embedding(llama, input: str | Sequence[str], model: str | None = None, normalize: bool = False) -> dict:
+def create_embedding(engine: Engine, input: str | Sequence[str], model: str | None = None,
+                     normalize: bool = False) -> dict:
     """OpenAI's embeddings response: {"object": "list", "data": [{"object": "embedding", "embedding",
     "index"}], "model", "usage"}."""
     texts, _ = _inputs(input)
-    vectors, count = embed(llama, texts, normalize=normalize, return_count=True)
-    return {"object": "list", "model": model or llama.model_path,
+    vectors, count = embed(engine, texts, normalize=normalize, return_count=True)
+    return {"object": "list", "model": model or engine.model_path,
             "data": [{"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)],
             "usage": {"prompt_tokens": count, "total_tokens": count}}

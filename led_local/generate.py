@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Iterator, Sequence
 
-from . import chat
+from . import chat, params
 from .errors import FieldError
 from .grammar import response_format_grammar
 from .scheduler import Delta, Job
@@ -44,7 +44,7 @@ def fim_prompt_tokens(llama, prompt: str | bytes | Sequence[int], suffix: str) -
                          "this one has none")
     pre, suf, mid = fim
     head = completion_prompt_tokens(llama, prompt)
-    bos = head[:1] if head and head[0] == llama.token_bos() and llama._lib.llama_vocab_get_add_bos(llama._vocab) else []
+    bos = head[:1] if head and head[0] == llama.token_bos() and llama.engine.adds_bos() else []
     body = head[len(bos):]
     return bos + [pre] + body + [suf] + llama.tokenize(suffix, add_bos=False) + [mid]
 
@@ -102,7 +102,7 @@ def stream_deltas(
 
 
 def _deltas(llama, job: Job) -> Iterator[Delta]:
-    scheduler = llama._scheduler
+    scheduler = llama.scheduler
     scheduler.check(job)  # bad requests fail at the call; the job is submitted when the deltas are asked for
 
     def deltas() -> Iterator[Delta]:
@@ -120,13 +120,13 @@ def _check_common(max_tokens: int | None, sampler: str) -> int | None:
 
 
 # llama-cpp-python's names and defaults for what constrains the final logits and for the truncations
-CONSTRAINT_DEFAULTS = dict(repeat_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, logit_bias=None,
-                           grammar=None)
-TRUNCATION_DEFAULTS = dict(typical_p=1.0, mirostat_mode=0, mirostat_tau=5.0, mirostat_eta=0.1)
+CONSTRAINT_DEFAULTS = {**params.defaults(params.PENALTIES), "logit_bias": None, "grammar": None}
+TRUNCATION_DEFAULTS = params.defaults(("typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta"))
 
 
-def sampler_spec(sampler: str, *, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
-                 min_p: float = 0.05, led=None, dola_layers=None, **options):
+def sampler_spec(sampler: str, *, temperature: float = params.BY_NAME["temperature"].default,
+                 top_k: int = params.BY_NAME["top_k"].default, top_p: float = params.BY_NAME["top_p"].default,
+                 min_p: float = params.BY_NAME["min_p"].default, led=None, dola_layers=None, **options):
     """The sampler a request asks for. `options`: CONSTRAINT_DEFAULTS' and TRUNCATION_DEFAULTS' names."""
     unknown = set(options) - set(CONSTRAINT_DEFAULTS) - set(TRUNCATION_DEFAULTS)
     if unknown:
@@ -174,11 +174,11 @@ def prepare(llama, tokens: list[int], *, n: int = 1, max_tokens: int | None, sto
     max_tokens = _check_common(max_tokens, sampler)
     logprobs = _check_logprobs(logprobs)
     spec = sampler_spec(sampler, **sampling)
-    spec.check(llama)
-    spec.graph_needs(llama)
+    spec.check(llama.engine)
+    spec.graph_needs(llama.engine)
     job = Job(prompt=tokens, n=n, max_tokens=max_tokens, spec=spec, seed=resolve_seed(seed, llama.seed),
               text=_texts(llama, _normalize_stop(stop)), trace=bool(trace), logprobs=logprobs)
-    llama._scheduler.check(job)
+    llama.scheduler.check(job)
     if echo and logprobs is not None:
         raise ValueError("echo with logprobs is not supported (the prompt's own logprobs are not computed); "
                          "ask for one or the other")
@@ -386,7 +386,7 @@ def chat_prompt(llama, messages: list[dict], tools=None, tool_choice=None,
     rendered = chat.render(llama, messages, tools, tool_choice, parallel_tool_calls)
     check_text_fits(llama, rendered.prompt, "messages")
     bos = llama.token_text(llama.token_bos())
-    add_bos = bool(llama._lib.llama_vocab_get_add_bos(llama._vocab)) and not rendered.prompt.startswith(bos)
+    add_bos = bool(llama.engine.adds_bos()) and not rendered.prompt.startswith(bos)
     tokens = llama.tokenize(rendered.prompt, add_bos=add_bos, special=True)
     return completion_prompt_tokens(llama, tokens), rendered
 

@@ -242,3 +242,22 @@ def path(key_or_path: str) -> Path:
         return p
     entry(key_or_path)  # raises UnknownModelError with the list of keys
     return p
+
+
+def hub_download(repo_id: str, filename: str, local_dir=None, cache_dir=None) -> str:
+    """A GGUF from the Hugging Face Hub (Llama.from_pretrained): needs huggingface_hub and a reachable hub;
+    a clear error pointing at the offline ways otherwise."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise RuntimeError(
+            f"Llama.from_pretrained({repo_id!r}, {filename!r}) needs the huggingface_hub package and a reachable "
+            "hub; without them use a local .gguf path or a registry model: Llama(led_local.models.path(KEY)), "
+            "`led-local models list` shows the keys") from None
+    try:
+        path = hf_hub_download(repo_id, filename, local_dir=local_dir, cache_dir=cache_dir)
+    except Exception as e:  # noqa: BLE001  (network, missing repo or file: one clear message)
+        raise RuntimeError(
+            f"could not fetch {filename!r} from the Hugging Face repo {repo_id!r} ({type(e).__name__}: {e}); "
+            "without a reachable hub use a local .gguf path or a registry model (`led-local models list`)") from None
+    return path

@@ -2,8 +2,9 @@
 
 A generation runs one native `llama_sampler` per parallel sequence, each with its own seed (sample i of a
 call with seed s uses s + i, so `n` samples equal n one-by-one runs with those seeds). `sampler=` names
-the kind: "standard" (llama.cpp's ordinary chain), "led" (csrc/led_sampler.c, docs/led.md) or "dola"
-(DoLa's layer contrast, as Hugging Face transformers' `dola_layers` option does it, then the ordinary chain).
+the kind: "standard" (llama.cpp's ordinary chain, csrc/chain_sampler.c), "led" (csrc/led_sampler.c,
+docs/led.md) or "dola" (csrc/dola_sampler.c: DoLa's layer contrast, as Hugging Face transformers'
+`dola_layers` option does it, then the ordinary chain).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,23 +20,14 @@ from . import _native
 from ._native import ffi
 from .errors import FieldError
 from .grammar import LlamaGrammar
+from .params import BY_NAME, LED_BY_NAME, PENALTIES, SAMPLERS, TRUNCATIONS
 
-SAMPLERS = ("standard", "led", "dola")
-
-
-def _finite(name: str, value: object, lo: float | None = None, hi: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-        rng = f" in [{lo}, {hi}]" if hi is not None else (f" >= {lo}" if lo is not None else "")
-        raise ValueError(f"{name} must be a finite number{rng}, got {value!r}")
-    return v
+if TYPE_CHECKING:  # every `engine` below: the Engine whose context and model the samplers use
+    from .engine import Engine
 
 
-INT32_MAX = 2**31 - 1
+
 MAX_PENALTY_WINDOW = 1 << 20  # llama.cpp keeps a ring of this many tokens: an allocation sized by the caller
-MAX_LED_K = 1 << 20           # checked against the model's vocabulary when a model is at hand
 
 
 def _integer(name: str, value: object, lo: int, hi: int) -> int:
@@ -70,14 +63,14 @@ def _checked_token(token: int, missing: str) -> int:
     return token
 
 
-def _free_llama_sampler(llama, handle) -> None:
-    llama._lib.llama_sampler_free(handle)
+def _free_llama_sampler(engine, handle) -> None:
+    engine.lib.llama_sampler_free(handle)
 
 
-def final_logprobs(llama, row: int, token: int, top: int) -> dict:
+def final_logprobs(engine, row: int, token: int, top: int) -> dict:
     """The token's log-probability under the model's own final distribution (log-softmax of the row's raw
     logits, what llama-cpp-python reports), and the `top` most likely tokens with theirs."""
-    z = llama._logits(row).astype(np.float64)
+    z = engine.logits(row).astype(np.float64)
     m = z.max()
     logp = z - (m + np.log(np.exp(z - m).sum()))
     best = np.argsort(-logp, kind="stable")[:top] if top > 0 else []
@@ -128,19 +121,17 @@ class Constraints:
     leaving the latent rows as the model gives them."""
 
     logit_bias: tuple[tuple[int, float], ...] = ()
-    repeat_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
+    repeat_penalty: float = BY_NAME["repeat_penalty"].default
+    frequency_penalty: float = BY_NAME["frequency_penalty"].default
+    presence_penalty: float = BY_NAME["presence_penalty"].default
     penalty_last_n: int = 64
     grammar: "str | LlamaGrammar | None" = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
         object.__setattr__(self, "grammar", _grammar(self.grammar))
-        if _finite("repeat_penalty", self.repeat_penalty, 0.0) <= 0:
-            raise ValueError("repeat_penalty must be > 0 (1.0 turns it off)")
-        _finite("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        _finite("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        for name in PENALTIES:
+            BY_NAME[name].check(getattr(self, name))
         _integer("penalty_last_n", self.penalty_last_n, 0, MAX_PENALTY_WINDOW)
 
     @property
@@ -148,15 +139,15 @@ class Constraints:
         return (not self.logit_bias and self.grammar is None and self.repeat_penalty == 1.0
                 and self.frequency_penalty == 0.0 and self.presence_penalty == 0.0)
 
-    def check(self, llama) -> None:
+    def check(self, engine) -> None:
         """Token ids in the vocabulary and a grammar that parses: a clear error before anything runs."""
-        bad = [t for t, _ in self.logit_bias if not 0 <= t < llama.n_vocab()]
+        bad = [t for t, _ in self.logit_bias if not 0 <= t < engine.n_vocab()]
         if bad:
             raise FieldError(f"logit_bias names token ids {bad[:8]}{' ...' if len(bad) > 8 else ''} outside this model's vocabulary "
-                             f"(0..{llama.n_vocab() - 1})", "logit_bias")
-        llama._lib.llama_sampler_free(self.new_native(llama))
+                             f"(0..{engine.n_vocab() - 1})", "logit_bias")
+        engine.lib.llama_sampler_free(self.new_native(engine))
 
-    def new_native(self, llama):
+    def new_native(self, engine):
         """The native chain (NULL when empty); a grammar that does not parse raises ValueError."""
         if self.empty:
             return ffi.NULL
@@ -171,13 +162,13 @@ class Constraints:
             p.trigger_patterns, p.n_trigger_patterns = keep_alive(keep, ffi.new("char *[]", patterns or 1)), len(patterns)
             p.trigger_tokens = keep_alive(keep, ffi.new("int32_t[]", list(g.trigger_tokens) or 1))
             p.n_trigger_tokens = len(g.trigger_tokens)
-            prefill = llama.tokenize(g.prefill, add_bos=False, special=True) if g.prefill else []
+            prefill = engine.tokenize(g.prefill, add_bos=False, special=True) if g.prefill else []
             p.grammar_prefill, p.n_grammar_prefill = keep_alive(keep, ffi.new("int32_t[]", prefill or 1)), len(prefill)
         p.logit_bias, p.n_logit_bias = bias, len(self.logit_bias)
         p.repeat_penalty, p.frequency_penalty, p.presence_penalty = (self.repeat_penalty, self.frequency_penalty,
                                                                      self.presence_penalty)
         p.penalty_last_n = self.penalty_last_n
-        chain = llama._lib.led_constraints_new(llama._model, p)
+        chain = engine.lib.led_constraints_new(engine.model, p)
         if chain == ffi.NULL:
             raise FieldError("the grammar does not parse as GBNF with a `root` rule (verbose=True shows llama.cpp's "
                              "parser message)", "grammar")
@@ -190,68 +181,61 @@ class StandardSampling:
     top-p, min-p, temperature and a seeded draw (or Mirostat 1/2 after the temperature, as llama.cpp's
     common sampling does); temperature 0 is greedy."""
 
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.95
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    temperature: float = BY_NAME["temperature"].default
+    top_k: int = BY_NAME["top_k"].default
+    top_p: float = BY_NAME["top_p"].default
+    min_p: float = BY_NAME["min_p"].default
+    repeat_penalty: float = BY_NAME["repeat_penalty"].default
     repeat_last_n: int = 64
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    typical_p: float = 1.0
-    mirostat_mode: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
+    frequency_penalty: float = BY_NAME["frequency_penalty"].default
+    presence_penalty: float = BY_NAME["presence_penalty"].default
+    typical_p: float = BY_NAME["typical_p"].default
+    mirostat_mode: int = BY_NAME["mirostat_mode"].default
+    mirostat_tau: float = BY_NAME["mirostat_tau"].default
+    mirostat_eta: float = BY_NAME["mirostat_eta"].default
     logit_bias: tuple = ()
     grammar: str | None = None
 
     def __post_init__(self) -> None:
-        _finite("temperature", self.temperature, 0.0)
-        _integer("top_k", self.top_k, -INT32_MAX, INT32_MAX)  # <= 0: no top-k, as in llama.cpp
-        _finite("top_p", self.top_p, 0.0, 1.0)
-        _finite("min_p", self.min_p, 0.0, 1.0)
-        _finite("typical_p", self.typical_p, 0.0, 1.0)
-        if self.mirostat_mode not in (0, 1, 2) or isinstance(self.mirostat_mode, bool):
-            raise ValueError(f"mirostat_mode must be 0 (off), 1 or 2, got {self.mirostat_mode!r}")
-        _finite("mirostat_tau", self.mirostat_tau, 0.0)
-        _finite("mirostat_eta", self.mirostat_eta, 0.0)
+        for name in ("temperature", *TRUNCATIONS):  # (top_k <= 0: no top-k, as in llama.cpp)
+            BY_NAME[name].check(getattr(self, name))
         object.__setattr__(self, "constraints", Constraints(
             logit_bias=self.logit_bias, repeat_penalty=self.repeat_penalty, frequency_penalty=self.frequency_penalty,
             presence_penalty=self.presence_penalty, penalty_last_n=self.repeat_last_n, grammar=self.grammar))
         object.__setattr__(self, "logit_bias", self.constraints.logit_bias)
         object.__setattr__(self, "grammar", self.constraints.grammar)
 
-    def check(self, llama) -> None:
-        self.constraints.check(llama)
+    def check(self, engine) -> None:
+        self.constraints.check(engine)
 
-    def new_chain(self, llama, seed: int, constraints=ffi.NULL):
+    def new_chain(self, engine, seed: int, constraints=ffi.NULL):
         """llama.cpp's chain: `constraints` (a native chain, taken over; NULL: none), then the truncations,
         temperature and draw."""
         p = ffi.new("led_standard_params *")
         p.temperature, p.top_k, p.top_p, p.min_p, p.typical_p = (self.temperature, self.top_k, self.top_p,
                                                                  self.min_p, self.typical_p)
         p.mirostat, p.mirostat_tau, p.mirostat_eta = self.mirostat_mode, self.mirostat_tau, self.mirostat_eta
-        p.n_vocab, p.seed = llama.n_vocab(), seed
-        return llama._lib.led_sampler_standard_new(constraints, p)
+        p.n_vocab, p.seed = engine.n_vocab(), seed
+        return engine.lib.led_sampler_standard_new(constraints, p)
 
-    def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
-        # the constraints first, checked to leave a token before the chain draws (csrc/led_sampler.h)
-        constraints = self.constraints.new_native(llama)
-        return llama._lib.chain_sampler_new(llama._model, constraints, self.new_chain(llama, seed))
+    def new_native(self, engine, seed: int, latent_index: list[int] | None = None):
+        # the constraints first, checked to leave a token before the chain draws (csrc/chain_sampler.h)
+        constraints = self.constraints.new_native(engine)
+        return engine.lib.chain_sampler_new(engine.model, constraints, self.new_chain(engine, seed))
 
     @staticmethod
-    def free_native(llama, handle) -> None:
-        llama._lib.chain_sampler_free(ffi.cast("struct chain_sampler *", handle))
+    def free_native(engine, handle) -> None:
+        engine.lib.chain_sampler_free(ffi.cast("struct chain_sampler *", handle))
 
-    def graph_needs(self, llama) -> tuple[tuple[int, ...], bool, bool]:
+    def graph_needs(self, engine) -> tuple[tuple[int, ...], bool, bool]:
         """(latent layers, with head logits, latent_norm) the graph must hand out: nothing for this sampler."""
         return ((), False, False)
 
-    def sample(self, llama, handle, row: int) -> int:
-        return _checked_token(llama._lib.chain_sampler_sample(handle, llama._ctx, row), "logits")
+    def sample(self, engine, handle, row: int) -> int:
+        return _checked_token(engine.lib.chain_sampler_sample(handle, engine.ctx, row), "logits")
 
-    def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
-        return final_logprobs(llama, row, token, top)
+    def logprobs(self, engine, handle, row: int, token: int, top: int) -> dict:
+        return final_logprobs(engine, row, token, top)
 
     def trace(self, handle) -> dict | None:
         return None
@@ -268,21 +252,19 @@ class LEDConfig:
     paper's own code reads one block lower, which `layers` can express).
     """
 
-    d: int = 8
-    k: int = 8
-    latent_norm: bool = False
-    exploit: bool = True
-    think_only: bool = True
+    d: int = LED_BY_NAME["d"].default
+    k: int = LED_BY_NAME["k"].default
+    latent_norm: bool = LED_BY_NAME["latent_norm"].default
+    exploit: bool = LED_BY_NAME["exploit"].default
+    think_only: bool = LED_BY_NAME["think_only"].default
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name, hi in (("d", 4096), ("k", MAX_LED_K)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
-                raise ValueError(f"LEDConfig.{name} must be a positive integer (at most {hi}), got {v!r}")
-        for name in ("latent_norm", "exploit", "think_only"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"LEDConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, param in LED_BY_NAME.items():
+            try:  # (the README promises a ValueError for any bad LED setting)
+                param.check(getattr(self, name), f"LEDConfig.{name}")
+            except TypeError as e:
+                raise ValueError(str(e)) from None
         if self.layers is not None:
             layers = tuple(self.layers)
             if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
@@ -298,17 +280,17 @@ class LEDConfig:
         if isinstance(value, cls):
             return value
         if isinstance(value, dict):
-            unknown = set(value) - {"d", "k", "latent_norm", "exploit", "think_only", "layers"}
+            unknown = set(value) - {*LED_BY_NAME, "layers"}
             if unknown:
                 raise ValueError(f"unknown LED settings: {', '.join(sorted(unknown))}")
             return cls(**value)
         raise ValueError(f"led must be an LEDConfig or a dict, got {value!r}")
 
-    def latent_layers(self, llama) -> tuple[int, ...]:
+    def latent_layers(self, engine) -> tuple[int, ...]:
         """The blocks to read, checked against the model (a clear error at configuration time)."""
-        n = llama.n_layer()
-        if self.k > llama.n_vocab():
-            raise FieldError(f"LEDConfig.k={self.k} exceeds this model's vocabulary of {llama.n_vocab()} tokens", "led.k")
+        n = engine.n_layer()
+        if self.k > engine.n_vocab():
+            raise FieldError(f"LEDConfig.k={self.k} exceeds this model's vocabulary of {engine.n_vocab()} tokens", "led.k")
         if self.layers is not None:
             bad = [i for i in self.layers if i >= n]
             if bad:
@@ -316,7 +298,7 @@ class LEDConfig:
             return self.layers
         if self.d > n:
             raise FieldError(f"LEDConfig.d={self.d} needs {self.d - 1} blocks below the last; this model has {n} blocks", "led.d")
-        return tuple(llama.default_latent_layers(self.d))
+        return tuple(engine.default_latent_layers(self.d))
 
 
 @dataclass(frozen=True)
@@ -328,33 +310,33 @@ class LEDSampling:
     constraints: Constraints = Constraints()
 
     def __post_init__(self) -> None:
-        _finite("temperature", self.temperature, 0.0)
+        BY_NAME["temperature"].check(self.temperature)
 
-    def check(self, llama) -> None:
-        self.config.latent_layers(llama)
-        self.constraints.check(llama)
+    def check(self, engine) -> None:
+        self.config.latent_layers(engine)
+        self.constraints.check(engine)
 
-    def graph_needs(self, llama) -> tuple[tuple[int, ...], bool, bool]:
+    def graph_needs(self, engine) -> tuple[tuple[int, ...], bool, bool]:
         # states only: the head runs over them on demand, on the steps whose coin explores
-        layers = self.config.latent_layers(llama)
+        layers = self.config.latent_layers(engine)
         return (layers, False, self.config.latent_norm and bool(layers))
 
-    def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
+    def new_native(self, engine, seed: int, latent_index: list[int] | None = None):
         """latent_index: where the context puts this sampler's blocks among the latent rows of a batch shared
         with other requests (None: exactly its own, in order)."""
-        self.config.latent_layers(llama)
-        marker = llama.end_of_thinking_tokens() if self.config.think_only else []
-        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,
+        self.config.latent_layers(engine)
+        marker = engine.end_of_thinking_tokens() if self.config.think_only else []
+        return _native.led_sampler_new(engine, self.config.d, self.config.k, self.temperature, self.config.exploit,
                                        self.config.think_only, marker, seed, latent_index,
-                                       self.constraints.new_native(llama))
+                                       self.constraints.new_native(engine))
 
     free_native = staticmethod(_free_llama_sampler)
 
-    def sample(self, llama, handle, row: int) -> int:
-        return _checked_token(llama._lib.led_sampler_sample(handle, llama._ctx, row),
+    def sample(self, engine, handle, row: int) -> int:
+        return _checked_token(engine.lib.led_sampler_sample(handle, engine.ctx, row),
                               "latent logits: this model's graph offers no latent readout")
 
-    def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
+    def logprobs(self, engine, handle, row: int, token: int, top: int) -> dict:
         """Under the distribution LED drew the token from at this step (the explore mixture P_{m*} or the
         final layer's r_0 over the candidates, as the coin chose): the candidates are the only tokens it
         could emit, so `top` lists at most k of them."""
@@ -403,41 +385,41 @@ class DoLaSampling:
     def _layers(self) -> str | list[int]:
         return list(self.dola_layers) if isinstance(self.dola_layers, tuple) else self.dola_layers
 
-    def check(self, llama) -> None:
-        self.candidates(llama)
-        self.chain.check(llama)
+    def check(self, engine) -> None:
+        self.candidates(engine)
+        self.chain.check(engine)
 
-    def candidates(self, llama) -> list[int]:
-        cands = dola_candidate_layers(llama.n_layer(), llama.head_is_tied(), self._layers())
+    def candidates(self, engine) -> list[int]:
+        cands = dola_candidate_layers(engine.n_layer(), engine.head_is_tied(), self._layers())
         if not cands:
             raise ValueError(f"dola_layers={self.dola_layers!r} leaves no premature layer below the last "
-                             f"of this model's {llama.n_layer()} blocks")
+                             f"of this model's {engine.n_layer()} blocks")
         return cands
 
-    def graph_needs(self, llama) -> tuple[tuple[int, ...], bool, bool]:
+    def graph_needs(self, engine) -> tuple[tuple[int, ...], bool, bool]:
         # every step contrasts with every candidate: their head logits come out of the decode graph itself
-        return (tuple(layer - 1 for layer in self.candidates(llama)), True, False)
+        return (tuple(layer - 1 for layer in self.candidates(engine)), True, False)
 
-    def new_native(self, llama, seed: int, latent_index: list[int] | None = None):
+    def new_native(self, engine, seed: int, latent_index: list[int] | None = None):
         # logit bias and grammar on the final logits before the contrast (its plausibility set then holds only
         # allowed tokens); the penalties run on the contrast, as transformers' processors do after DoLa.
         # dola_sampler_new takes both over (and frees them if it fails)
         c = self.chain.constraints
-        before = Constraints(logit_bias=c.logit_bias, grammar=c.grammar).new_native(llama)
+        before = Constraints(logit_bias=c.logit_bias, grammar=c.grammar).new_native(engine)
         after = Constraints(repeat_penalty=c.repeat_penalty, frequency_penalty=c.frequency_penalty,
-                            presence_penalty=c.presence_penalty, penalty_last_n=c.penalty_last_n).new_native(llama)
+                            presence_penalty=c.presence_penalty, penalty_last_n=c.penalty_last_n).new_native(engine)
         index = ffi.new("int32_t[]", latent_index) if latent_index else ffi.NULL
-        return llama._lib.dola_sampler_new(llama._ctx, len(self.candidates(llama)), index, before,
-                                           self.chain.new_chain(llama, seed, after))
+        return engine.lib.dola_sampler_new(engine.ctx, len(self.candidates(engine)), index, before,
+                                           self.chain.new_chain(engine, seed, after))
 
     free_native = staticmethod(_free_llama_sampler)
 
-    def sample(self, llama, handle, row: int) -> int:
-        return _checked_token(llama._lib.dola_sampler_sample(handle, llama._ctx, row),
+    def sample(self, engine, handle, row: int) -> int:
+        return _checked_token(engine.lib.dola_sampler_sample(handle, engine.ctx, row),
                               "premature-layer logits: this model's graph offers no latent readout")
 
-    def logprobs(self, llama, handle, row: int, token: int, top: int) -> dict:
-        return final_logprobs(llama, row, token, top)  # the model's own distribution, as for standard
+    def logprobs(self, engine, handle, row: int, token: int, top: int) -> dict:
+        return final_logprobs(engine, row, token, top)  # the model's own distribution, as for standard
 
     def trace(self, handle) -> dict:
         return {"premature": int(_native.lib().dola_sampler_last(handle))}
@@ -456,24 +438,23 @@ def resolve_seed(seed: int | None, default: int | None) -> int:
 class NativeSamplers:
     """One native sampler per sequence, freed together."""
 
-    def __init__(self, llama, spec, seeds: list[int], latent_index: list[int] | None = None) -> None:
-        self._lib = llama._lib
-        self._llama = llama
+    def __init__(self, engine: "Engine", spec, seeds: list[int], latent_index: list[int] | None = None) -> None:
+        self._engine = engine
         self.spec = spec
         self.handles = []
-        self._cands = spec.candidates(llama) if isinstance(spec, DoLaSampling) else None
+        self._cands = spec.candidates(engine) if isinstance(spec, DoLaSampling) else None
         for s in seeds:
-            h = spec.new_native(llama, s & 0xFFFFFFFF, latent_index)
+            h = spec.new_native(engine, s & 0xFFFFFFFF, latent_index)
             if h == ffi.NULL:
                 self.close()
                 raise RuntimeError("could not create a sampler")
             self.handles.append(h)
 
     def sample(self, seq: int, output_index: int) -> int:
-        return self.spec.sample(self._llama, self.handles[seq], output_index)
+        return self.spec.sample(self._engine, self.handles[seq], output_index)
 
     def logprobs(self, seq: int, row: int, token: int, top: int) -> dict:
-        return self.spec.logprobs(self._llama, self.handles[seq], row, token, top)
+        return self.spec.logprobs(self._engine, self.handles[seq], row, token, top)
 
     def trace(self, seq: int) -> dict | None:
         t = self.spec.trace(self.handles[seq])
@@ -483,7 +464,7 @@ class NativeSamplers:
 
     def close(self) -> None:
         for h in self.handles:
-            self.spec.free_native(self._llama, h)
+            self.spec.free_native(self._engine, h)
         self.handles = []
 
     def __enter__(self) -> "NativeSamplers":

@@ -1,5 +1,6 @@
-"""The one token loop of a Llama: a scheduler that owns the llama.cpp context, its sequences, their cached
-prefixes, and one llama_decode per step for every live sequence of every request (continuous batching).
+"""The one token loop of a Llama: a scheduler over its Engine (engine.py) that owns the context's sequences,
+their cached prefixes, and one llama_decode per step for every live sequence of every request (continuous
+batching). It handles token ids, slots and batches only: each sample's text is the front's (textstream.py).
 
 After llama-server's split of slots from tasks: a *slot* is a llama.cpp sequence id and the tokens its KV
 cells hold (its cached prefix); a *job* is one request: a prompt, n samples, sampler settings, seeds, stop
@@ -49,7 +50,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ._native import ffi
+from .engine import Engine
 from .sampling import NativeSamplers
 
 
@@ -212,19 +213,19 @@ class SamplingTooCostly(ValueError):
 
 
 class Scheduler:
-    def __init__(self, llama, prefix_cache: bool = True) -> None:
-        self.llama = llama
+    def __init__(self, engine: Engine, prefix_cache: bool = True) -> None:
+        self.engine = engine
         self.prefix_cache = prefix_cache
-        self.lock = llama._lock  # direct users of the context (diagnostics, tests) exclude steps too
+        self.lock = engine.lock  # direct users of the context (embeddings, state, tests) exclude steps too
         # submitting and cancelling never wait for a step (an event loop calls them): jobs arrive through
         # the inbox, cancellation is a flag, and the wakeup tells an idle driver
         self.inbox: deque[Job] = deque()
         self.wakeup = threading.Event()
-        self.slots = [Slot(seq=i) for i in range(llama.n_seq_max)]
+        self.slots = [Slot(seq=i) for i in range(engine.n_seq_max)]
         self.waiting: deque[Job] = deque()
         self.running: list[Job] = []
         self.latent = _LatentSet()
-        self.capacity = llama.n_ctx()    # cells of the pool, shared by the slots
+        self.capacity = engine.n_ctx()    # cells of the pool, shared by the slots
         self.decodes = 0                 # llama_decode calls so far (how much the jobs shared them)
         # seconds one token's sampling may take (a costly grammar); a job over it ends with SamplingTooCostly
         # after that token, so the others' streams go on (None: no limit; the server sets one)
@@ -235,7 +236,7 @@ class Scheduler:
 
     def check(self, job: Job) -> None:
         """The errors a job would meet at admission, raised now (at the call, before anything runs)."""
-        if self.llama.embedding:
+        if self.engine.embedding:
             raise ValueError("this Llama was opened with embedding=True, which computes embeddings only; open "
                              "another Llama without it to generate or read latent states")
         if job.n > len(self.slots):
@@ -253,7 +254,7 @@ class Scheduler:
 
     def submit(self, job: Job) -> Job:
         self.check(job)
-        self.llama._check_open()
+        self.engine.check_open()
         self.inbox.append(job)
         self.wakeup.set()
         return job
@@ -314,7 +315,7 @@ class Scheduler:
 
     def step(self) -> None:
         with self.lock:
-            self.llama._check_open()
+            self.engine.check_open()
             while self.inbox:
                 self.waiting.append(self.inbox.popleft())
             self._admit()
@@ -366,7 +367,7 @@ class Scheduler:
         """(blocks, in-graph head logits, final norm) the job needs from the decode graph."""
         if job.readout is not None:
             return (job.readout[0], True, job.readout[1])
-        layers, with_logits, norm = job.spec.graph_needs(self.llama)
+        layers, with_logits, norm = job.spec.graph_needs(self.engine)
         if job.watch is not None:
             if layers and norm != job.watch[1]:
                 raise ValueError("a watched readout must use the sampler's own lens")
@@ -429,18 +430,18 @@ class Scheduler:
         job.prefilled = job.cached_tokens = job.held = keep
         job.usage["prompt_tokens_details"]["cached_tokens"] = keep
         if job.readout is None:
-            n_own = len(job.spec.graph_needs(self.llama)[0])  # the sampler's blocks come first
-            job.samplers = NativeSamplers(self.llama, job.spec, [s.seed for s in job.seqs],
+            n_own = len(job.spec.graph_needs(self.engine)[0])  # the sampler's blocks come first
+            job.samplers = NativeSamplers(self.engine, job.spec, [s.seed for s in job.seqs],
                                           job.latent_index[:n_own] or None)
         self.running.append(job)
 
     def _truncate(self, slot: Slot, keep: int) -> None:
         # always told to llama.cpp: a direct decode (tests, the entropy profile) may have written the slot
-        self.llama._lib.llama_memory_seq_rm(self.llama._memory(), slot.seq, keep, -1)
+        self.engine.remove_cells(slot.seq, keep)
         del slot.tokens[keep:]
 
     def _sample(self, job: Job) -> None:
-        n_prompt, llama = len(job.prompt), self.llama
+        n_prompt, engine = len(job.prompt), self.engine
         for s in job.seqs:
             if s.finish_reason is not None or s.row is None:
                 continue
@@ -455,10 +456,10 @@ class Scheduler:
                                         "costly; simplify it")
             if job.trace:
                 s.pending_trace.append({"token": token, **(job.samplers.trace(s.index) or {})})
-            if job.logprobs is not None and not llama.is_eog(token):
+            if job.logprobs is not None and not engine.is_eog(token):
                 s.pending_logprobs.append(job.samplers.logprobs(s.index, s.row, token, job.logprobs))
             s.row = None
-            if llama.is_eog(token):
+            if engine.is_eog(token):
                 s.finish_reason = "stop"
             else:
                 s.tokens.append(token)
@@ -515,7 +516,7 @@ class Scheduler:
             job.samplers.close()
             job.samplers = None
         if self.latent.remove(job.needs):
-            self.llama._set_latents((), False, False)  # the graph is upstream's again until a job needs more
+            self.engine.set_latents((), False, False)  # the graph is upstream's again until a job needs more
         job.needs = ((), False, False)
         job.finished = True
         self._notify(job)
@@ -534,7 +535,7 @@ class Scheduler:
                 if s.pending_token is not None:
                     entries.append((s.pending_token, len(job.prompt) + len(s.tokens) - 1, s.slot.seq, True))
                     owners.append((job, s))
-        budget = self.llama.n_batch - len(entries)
+        budget = self.engine.n_batch - len(entries)
         for job in self.running:
             if budget <= 0:
                 break
@@ -552,9 +553,9 @@ class Scheduler:
 
     def _decode(self, entries: list, owners: list) -> None:
         try:
-            self.llama._set_latents(self.latent.layers, self.latent.with_logits, self.latent.norm)
+            self.engine.set_latents(self.latent.layers, self.latent.with_logits, self.latent.norm)
             self.decodes += 1
-            outputs = iter(self.llama._decode(entries))
+            outputs = iter(self.engine.decode(entries))
         except Exception as e:  # the jobs in this batch end with the error; what their slots hold is unknown
             for job in {job for job, _ in owners}:
                 for slot in job.slots:
@@ -585,19 +586,27 @@ class Scheduler:
         n_prompt = len(job.prompt)
         for s in job.seqs[1:]:
             # another stream: llama.cpp copies the cells (whole streams only), before the next decode
-            self.llama._copy_sequence(first.seq, s.slot.seq)
+            self.engine.copy_sequence(first.seq, s.slot.seq)
             s.slot.tokens = list(first.tokens[:n_prompt])
         for s in job.seqs:
             s.row = job.prompt_row
 
     def _read_rows(self, job: Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        llama, row = self.llama, job.prompt_row
-        n_lat, n_embd, n_vocab = len(self.latent.layers), llama.n_embd(), llama.n_vocab()
-        states = llama._lib.llama_get_latent_states_ith(llama._ctx, row)
-        logits = llama._lib.llama_get_latent_logits_ith(llama._ctx, row)
-        if states == ffi.NULL or logits == ffi.NULL:
-            raise RuntimeError("this model's graph offers no latent readout (see the log with verbose=True)")
-        pick = job.latent_index
-        hidden = np.frombuffer(ffi.buffer(states, 4 * n_lat * n_embd), np.float32).reshape(n_lat, n_embd)[pick].copy()
-        lat = np.frombuffer(ffi.buffer(logits, 4 * n_lat * n_vocab), np.float32).reshape(n_lat, n_vocab)[pick].copy()
-        return hidden, lat, llama._logits(row)
+        hidden, logits = self.engine.latent_rows(job.prompt_row)
+        return hidden[job.latent_index].copy(), logits[job.latent_index].copy(), self.engine.logits(job.prompt_row)
+
+    # --- for diagnostics and state ------------------------------------------------------------------------
+
+    def latent_logits(self, row: int, index: list[int]) -> np.ndarray:
+        """Output `row`'s head logits over the readout's blocks at `index` (a watching job's `watch_index`),
+        for a job's `observe` callback."""
+        return self.engine.latent_rows(row)[1][index]
+
+    def cached_prefixes(self) -> list[list[int]]:
+        """The tokens each slot's cells hold (for Llama.save_state)."""
+        return [list(s.tokens) for s in self.slots]
+
+    def restore_prefixes(self, prefixes: list[list[int]]) -> None:
+        """Say what each slot's cells hold after the engine's state was restored (Llama.load_state)."""
+        for slot, tokens in zip(self.slots, prefixes):
+            slot.tokens = list(tokens)

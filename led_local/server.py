@@ -34,10 +34,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from sse_starlette.sse import EventSourceResponse
 
-from . import chat
+from . import chat, params
 from .generate import (chat_constraints, chat_logprobs, chat_prompt, completion_prompt_tokens,
                        fim_prompt_tokens, prepare)
 from .llama import Llama
@@ -46,13 +46,23 @@ from .scheduler import Job, SamplingTooCostly
 
 # --- request bodies --------------------------------------------------------------------------------------
 
-class LEDFields(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    d: int = Field(default=8, ge=1, le=4096)
-    k: int = Field(default=8, ge=1, le=1 << 20)
-    latent_norm: bool = False
-    exploit: bool = True
-    think_only: bool = True
+def _request_field(p: params.Param) -> tuple[type, Any]:
+    """A request field from the table: its type, the default a request that leaves it out gets, and the
+    server's bounds (OpenAI's ranges where it documents them)."""
+    lo, hi = p.api_bounds()
+    bounds: dict[str, float] = {}
+    if lo is not None:
+        bounds["gt" if p.lo_exclusive else "ge"] = lo
+    if hi is not None:
+        bounds["le"] = hi
+    return (p.kind, Field(default=p.request_default, description=p.help, **bounds))
+
+
+# the sampling parameters of a request (params.py) and of its `led` object
+SamplingFields = create_model("SamplingFields", __config__=ConfigDict(extra="allow"),
+                              **{p.field: _request_field(p) for p in params.PARAMS})
+LEDFields = create_model("LEDFields", __config__=ConfigDict(extra="forbid"),
+                         **{p.name: _request_field(p) for p in params.LED_PARAMS})
 
 
 class StreamOptions(BaseModel):
@@ -68,17 +78,13 @@ NEUTRAL_VALUES = {"echo": (None, False),
                   "function_call": (None, "none", "auto")}
 
 
-class _Common(BaseModel):
+class _Common(SamplingFields):
     # any other field is refused by name (check_fields): one that would change the output must not be
     # silently ignored
     model_config = ConfigDict(extra="allow")
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2**31 - 1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, ge=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0, le=2**31 - 1)
-    min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=2**31 - 1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -87,14 +93,7 @@ class _Common(BaseModel):
     sampler: Literal["standard", "led", "dola"] = "standard"
     led: LEDFields | None = None
     dola_layers: Literal["low", "high"] | list[int] | None = None
-    repeat_penalty: float = Field(default=1.0, gt=0.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = Field(default=None, max_length=4096)  # OpenAI allows 300
-    typical_p: float = Field(default=1.0, ge=0.0, le=1.0)
-    mirostat: int = Field(default=0, ge=0, le=2)  # llama-server's names
-    mirostat_tau: float = Field(default=5.0, ge=0.0)
-    mirostat_eta: float = Field(default=0.1, ge=0.0)
     grammar: str | None = None  # GBNF, as llama-server takes it (bounded: grammar_bounds.py)
 
     def check_fields(self) -> None:
@@ -119,13 +118,10 @@ class _Common(BaseModel):
             raise ApiError(f"{len(stops)} stop strings: the limit is {limits.max_stops}", "stop")
         if any(len(x) > limits.max_stop_chars for x in stops):
             raise ApiError(f"a stop string is longer than {limits.max_stop_chars} characters", "stop")
-        kwargs: dict[str, Any] = dict(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
-                                      top_k=self.top_k, min_p=self.min_p, n=self.n, stop=self.stop, seed=self.seed,
-                                      sampler=self.sampler, repeat_penalty=self.repeat_penalty,
-                                      frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
-                                      logit_bias=self.logit_bias, typical_p=self.typical_p, mirostat_mode=self.mirostat,
-                                      mirostat_tau=self.mirostat_tau, mirostat_eta=self.mirostat_eta,
-                                      grammar=self.grammar, logprobs=self.logprob_alternatives())
+        kwargs: dict[str, Any] = dict(max_tokens=max_tokens, n=self.n, stop=self.stop, seed=self.seed,
+                                      sampler=self.sampler, logit_bias=self.logit_bias, grammar=self.grammar,
+                                      logprobs=self.logprob_alternatives(),
+                                      **{p.name: getattr(self, p.field) for p in params.PARAMS})
         if self.led is not None:
             kwargs["led"] = self.led.model_dump()
         if self.dola_layers is not None:
@@ -360,7 +356,7 @@ class Driver:
     is in flight; requests only submit jobs and read what the steps hand them."""
 
     def __init__(self, llama: Llama) -> None:
-        self.scheduler = llama._scheduler
+        self.scheduler = llama.scheduler
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.scheduler.drive, args=(self.stop,), name="led-local-steps",
                                        daemon=True)
@@ -375,13 +371,13 @@ class Driver:
             if job.error is None:
                 job.error = error
             job.cancelled = True
-        s.llama.abort_decodes()  # a step's long prompt chunk ends now, not after its last graph node
+        s.engine.abort_decodes()  # a step's long prompt chunk ends now, not after its last graph node
         s.wakeup.set()
 
     def shutdown(self) -> None:
         """End every job at its next step and wait for the thread: only then may the model be freed."""
         self.stop.set()
-        self.scheduler.llama.abort_decodes()  # the step in progress ends at its next graph node
+        self.scheduler.engine.abort_decodes()  # the step in progress ends at its next graph node
         self.scheduler.wakeup.set()
         self.thread.join()
         s = self.scheduler
@@ -390,7 +386,7 @@ class Driver:
                 job.cancelled = True
             while s.inbox or s.waiting or s.running:
                 s.step()
-        s.llama.abort_decodes(False)
+        s.engine.abort_decodes(False)
 
     def submit(self, job: Job) -> asyncio.Event:
         """Hand the job to the steps now (so the queue bound sees it at once, streams included); the event is

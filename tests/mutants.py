@@ -51,8 +51,8 @@ MUTANTS = [
     Mutant("dola: always contrasts with the first candidate layer (no Jensen-Shannon choice)", "csrc/led_core.c",
            "    if (m > 1) {\n        // Jensen-Shannon", "    if (m > 1000) {\n        // Jensen-Shannon",
            ("tests/test_dola.py::test_greedy_dola_equals_reference_decode",)),
-    Mutant("dola: the chain after the contrast runs on the final logits", "csrc/led_sampler.c",
-           "st->data[v].logit = st->contrast[v];", "st->data[v].logit = z0[v];",
+    Mutant("dola: the chain after the contrast runs on the final logits", "csrc/dola_sampler.c",
+           "led_constrained_candidates(&st->constrained, st->contrast)", "led_constrained_candidates(&st->constrained, z0)",
            ("tests/test_dola.py::test_dola_chain_runs_on_the_contrast",)),
     # --- LED's latent loop in the sampler glue ---------------------------------------------------------------
     Mutant("led: latent rows not divided by T", "csrc/led_sampler.c",
@@ -61,16 +61,16 @@ MUTANTS = [
     Mutant("led: latent blocks read one lower", "csrc/led_sampler.c",
            "zl + (int64_t) st->latent_index[j - 1] * st->n_vocab",
            "zl + (int64_t) ((st->latent_index[j - 1] + 1) % (p->d - 1)) * st->n_vocab", (T_STEPS,)),
-    Mutant("led: latent blocks read one higher", "led_local/llama.py",
+    Mutant("led: latent blocks read one higher", "led_local/engine.py",
            "return [n - 1 - j for j in range(1, d)]", "return [n - j for j in range(1, d)]", (T_STEPS,)),
     Mutant("led: one depth fewer", "csrc/led_sampler.c",
            "for (int32_t j = 1; j < p->d; j++) {", "for (int32_t j = 1; j < p->d - 1; j++) {", (T_STEPS,)),
     Mutant("led: think_only ignored (always stops exploring after </think>)", "led_local/sampling.py",
-           "marker = llama.end_of_thinking_tokens() if self.config.think_only else []\n"
-           "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
+           "marker = engine.end_of_thinking_tokens() if self.config.think_only else []\n"
+           "        return _native.led_sampler_new(engine, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
            "                                       self.config.think_only, marker, seed, latent_index,",
-           "marker = llama.end_of_thinking_tokens()\n"
-           "        return _native.led_sampler_new(llama, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
+           "marker = engine.end_of_thinking_tokens()\n"
+           "        return _native.led_sampler_new(engine, self.config.d, self.config.k, self.temperature, self.config.exploit,\n"
            "                                       True, marker, seed, latent_index,",
            (T_LEDGEN + "test_think_only_off_keeps_exploring_after_end_of_thinking",)),
     Mutant("led: think_only ignored (never stops exploring)", "csrc/led_sampler.c",
@@ -90,7 +90,7 @@ MUTANTS = [
            "        if self.layers is not None:\n            bad =", "        if False:\n            bad =",
            (T_STEPS,)),
     Mutant("led: a bad LEDConfig raises TypeError where the README promises ValueError", "led_local/sampling.py",
-           'raise ValueError(f"LEDConfig.{name} must be True or False', 'raise TypeError(f"LEDConfig.{name} must be True or False',
+           "                raise ValueError(str(e)) from None\n", "                raise\n",
            (T_LEDGEN + "test_invalid_led_settings",)),
     Mutant("led core: the think gate depends on the exploit switch", "csrc/led_core.c",
            "    if (!explore_allowed) {\n        return 1.0f;", "    if (!explore_allowed && exploit) {\n        return 1.0f;",
@@ -121,6 +121,13 @@ MUTANTS = [
            'self.text += self.token_bytes(token).decode("utf-8", "replace")',
            ("tests/test_generation.py::test_utf8_split_across_tokens_streams_whole_characters",
             "tests/test_textstream.py::test_a_character_split_across_tokens_streams_whole")),
+    Mutant("architecture: diagnostics reach into the engine's insides", "led_local/diagnostics.py",
+           "final = llama.engine.logits(row)", "final = llama.engine.logits(row) + 0 * llama.engine._probe",
+           ("tests/test_architecture.py::test_no_module_reads_another_s_underscore_members",)),
+    Mutant("architecture: the scheduler decodes text again", "led_local/scheduler.py",
+           "if s.text is not None and s.text.feed(token):",
+           "if s.text is not None and engine.token_to_bytes(token) is not None and s.text.feed(token):",
+           ("tests/test_architecture.py::test_the_token_loop_holds_no_text",)),
     Mutant("text: the tail held back for a partial stop match dropped when a sample ends by length or EOG",
            "led_local/textstream.py",
            "            end = len(self.text)\n            self.closed = True",
@@ -130,7 +137,7 @@ MUTANTS = [
            "led_local/textstream.py", "window = max(0, before - self.longest_stop + 1)", "window = before",
            ("tests/test_textstream.py::test_a_stop_string_across_tokens_cuts_the_text_before_it",
             "tests/test_generation.py::test_stop_strings")),
-    Mutant("engine: a decode may ask for more outputs than n_seq_max (llama.cpp aborts)", "led_local/llama.py",
+    Mutant("engine: a decode may ask for more outputs than n_seq_max (llama.cpp aborts)", "led_local/engine.py",
            "if wanted > most:", "if False:",
            ("tests/test_latents.py::test_latent_rows_are_bounded_by_n_seq_max",)),
     Mutant("scheduler: the cached prefixes ignored when choosing a slot", "led_local/scheduler.py",
@@ -138,10 +145,10 @@ MUTANTS = [
            ("tests/test_scheduler.py::test_prefix_reuse_equals_a_fresh_context",
             "tests/test_scheduler.py::test_cached_tokens_on_the_second_turn_of_a_chat")),
     Mutant("scheduler: a long prompt in one piece, freezing the others' streams", "led_local/scheduler.py",
-           "budget = self.llama.n_batch - len(entries)", "budget = 10**9",
+           "budget = self.engine.n_batch - len(entries)", "budget = 10**9",
            ("tests/test_scheduler.py::test_a_long_prompt_is_chunked_between_the_others_steps",)),
-    Mutant("pool: a sequence blocked at the pool's end is not packed (the decode fails)", "led_local/llama.py",
-           "                self._compact()\n", "",
+    Mutant("pool: a sequence blocked at the pool's end is not packed (the decode fails)", "led_local/engine.py",
+           "                self.compact()\n", "",
            ("tests/test_scheduler.py::test_a_sequence_blocked_at_the_end_of_the_pool_is_packed_and_stays_exact",)),
     Mutant("pool: no cells reserved for max_tokens (requests that cannot fit together are admitted)",
            "led_local/scheduler.py", "return min(self.capacity, len(job.prompt) + job.n * per_sample)",
@@ -167,8 +174,8 @@ MUTANTS = [
            "if log is not None and not getattr(request.state, \"streaming\", False):", "if False:",
            ("tests/test_server.py::test_access_log_one_line_per_request_and_quiet",)),
     Mutant("server: chat templates behind the context's lock (the event loop waits for every step)",
-           "led_local/llama.py", "        chat = self._chat\n        if chat is None:",
-           "        with self._lock:\n            chat = self._chat\n        if chat is None:",
+           "led_local/engine.py", "        chat = self.chat\n        if chat is None:",
+           "        with self.lock:\n            chat = self.chat\n        if chat is None:",
            ("tests/test_server.py::test_rendering_and_parsing_chats_never_wait_for_the_steps",)),
     Mutant("server: a client that hangs up does not cancel its job", "led_local/server.py",
            "        if not job.finished:\n            self.scheduler.cancel(job)", "        pass",
@@ -193,14 +200,17 @@ MUTANTS = [
            ("tests/test_led_core.py::test_greedy_token_probs_are_what_greedy_emits",)),
     # --- constraints: logit bias, penalties, grammar -----------------------------------------------------------
     Mutant("led: candidates picked from the unconstrained final logits", "csrc/led_sampler.c",
-           "        z0 = st->z0c;\n        if (n_allowed == 0) {", "        if (n_allowed == 0) {",
+           "    z0 = led_constrained_apply(", "    (void) led_constrained_apply(",
            ("tests/test_constraints.py::test_led_constraints_act_on_the_final_layer_before_the_candidates",)),
-    Mutant("dola: the contrast made from the unconstrained final logits", "csrc/led_sampler.c",
-           "        z0 = st->z0c;\n    }\n    st->last_premature", "    }\n    st->last_premature",
+    Mutant("dola: the contrast made from the unconstrained final logits", "csrc/dola_sampler.c",
+           "    z0 = led_constrained_apply(", "    (void) led_constrained_apply(",
            ("tests/test_constraints.py::test_grammar_output_matches_the_grammar[dola]",)),
-    Mutant("standard: the chain draws from the unconstrained logits", "csrc/led_sampler.c",
-           "        z0 = st->z0c;\n    }\n    for (int32_t v = 0;", "    }\n    for (int32_t v = 0;",
+    Mutant("standard: the chain draws from the unconstrained logits", "csrc/chain_sampler.c",
+           "    z0 = led_constrained_apply(", "    (void) led_constrained_apply(",
            ("tests/test_constraints.py::test_grammar_output_matches_the_grammar[standard]",)),
+    Mutant("constraints: a token they drop stays allowed (one helper for LED, DoLa and standard)",
+           "csrc/led_constrained.c", "        c->z[v] = -INFINITY;", "        c->z[v] = z0[v];",
+           ("tests/test_constraints.py::test_grammar_output_matches_the_grammar",)),
     Mutant("constraints: presence penalty passed as the frequency penalty", "led_local/sampling.py",
            "p.repeat_penalty, p.frequency_penalty, p.presence_penalty = (self.repeat_penalty, self.frequency_penalty,\n"
            "                                                                     self.presence_penalty)",
@@ -221,25 +231,25 @@ MUTANTS = [
            ("tests/test_generation.py::test_logprobs_are_the_log_softmax_of_the_final_logits",)),
     Mutant("led logprobs: the final layer's instead of the distribution drawn from", "led_local/sampling.py",
            "        step = _native.led_sampler_last(handle)\n",
-           "        return final_logprobs(llama, row, token, top)\n        step = _native.led_sampler_last(handle)\n",
+           "        return final_logprobs(engine, row, token, top)\n        step = _native.led_sampler_last(handle)\n",
            ("tests/test_generation.py::test_led_logprobs_are_those_of_the_distribution_drawn_from",)),
     # --- llama-cpp-python's keywords ---------------------------------------------------------------------------
     Mutant("echo: the prompt not put before the text", "led_local/generate.py",
            "echo=echo_text(llama, prompt, tokens) if echo else \"\",", "echo=\"\",",
            ("tests/test_generation.py::test_llama_cpp_python_accessors_and_from_pretrained",)),
-    Mutant("flash_attn: the keyword never reaches the context", "led_local/llama.py",
-           "self.batch_invariant, {None: -1, False: 0, True: 1}[self.flash_attn],", "self.batch_invariant, -1,",
+    Mutant("flash_attn: the keyword never reaches the context", "led_local/engine.py",
+           "batch_invariant, {None: -1, False: 0, True: 1}[flash_attn],", "batch_invariant, -1,",
            ("tests/test_generation.py::test_flash_attn_switch_reaches_the_context",)),
     # --- embeddings -------------------------------------------------------------------------------------------
-    Mutant("embeddings: a generative model pooled by its last token, not the mean", "led_local/embedding.py",
+    Mutant("embeddings: a generative model pooled by its last token, not the mean", "led_local/engine.py",
            'return kind if kind in (1, 2, 3, 4) else POOLING["mean"]', 'return kind if kind in (1, 2, 3, 4) else POOLING["last"]',
            ("tests/test_embeddings.py::test_mean_pooled_embeddings_equal_llama_cpp_python_s",)),
     Mutant("server: embeddings not normalized", "led_local/server.py",
            "llama.create_embedding(body.input, model_id, normalize=True)",
            "llama.create_embedding(body.input, model_id, normalize=False)",
            ("tests/test_server.py::test_embeddings_endpoint",)),
-    Mutant("load_state: the KV restored but not the slots' cached tokens", "led_local/llama.py",
-           "                slot.tokens = list(tokens)\n", "                pass\n",
+    Mutant("load_state: the KV restored but not the slots' cached tokens", "led_local/scheduler.py",
+           "            slot.tokens = list(tokens)\n", "            pass\n",
            ("tests/test_scheduler.py::test_save_and_load_state_continue_identically",)),
     Mutant("suffix: the middle token left out of the FIM prompt", "led_local/generate.py",
            "llama.tokenize(suffix, add_bos=False) + [mid]", "llama.tokenize(suffix, add_bos=False)",
@@ -248,22 +258,30 @@ MUTANTS = [
     Mutant("batch-invariant: the context keeps llama.cpp's default CPU kernels", "csrc/led_engine.c",
            "if (ctx != NULL && batch_invariant && ", "if (ctx != NULL && false && ",
            ("tests/test_scheduler.py::test_batch_invariant_logits_do_not_depend_on_how_a_prompt_is_batched",)),
-    Mutant("batch-invariant: the weights are still repacked", "led_local/llama.py",
-           "n_gpu_layers, not self.batch_invariant,", "n_gpu_layers, True,",
+    Mutant("batch-invariant: the weights are still repacked", "led_local/engine.py",
+           "n_gpu_layers, not batch_invariant,", "n_gpu_layers, True,",
            ("tests/test_scheduler.py::test_batch_invariant_logits_do_not_depend_on_how_a_prompt_is_batched",)),
     # --- server -----------------------------------------------------------------------------------------------
-    Mutant("server: frequency_penalty dropped", "led_local/server.py",
-           "frequency_penalty=self.frequency_penalty,", "frequency_penalty=0.0,", (T_SERVER_FIELDS,)),
+    Mutant("server: frequency_penalty dropped", "led_local/server.py", "**{p.name: getattr(self, p.field) for p in params.PARAMS}",
+           "**{p.name: (getattr(self, p.field) if p.name != 'frequency_penalty' else p.request_default) for p in params.PARAMS}",
+           (T_SERVER_FIELDS,)),
     Mutant("server: logit_bias dropped", "led_local/server.py", "logit_bias=self.logit_bias,", "logit_bias=None,",
            (T_SERVER_FIELDS,)),
     Mutant("server: unknown fields silently ignored", "led_local/server.py",
            "            raise ApiError(f\"unknown field '{name}'", "            continue\n            raise ApiError(f\"unknown field '{name}'",
            ("tests/test_server.py::test_fields_that_cannot_be_honoured_get_400",)),
-    Mutant("server: top_p dropped", "led_local/server.py", "top_p=self.top_p,", "top_p=1.0,", (T_SERVER_FIELDS,)),
-    Mutant("server: top_k dropped", "led_local/server.py", "top_k=self.top_k,", "top_k=0,", (T_SERVER_FIELDS,)),
-    Mutant("server: min_p dropped", "led_local/server.py", "min_p=self.min_p,", "min_p=0.0,", (T_SERVER_FIELDS,)),
-    Mutant("server: repeat_penalty dropped", "led_local/server.py",
-           "repeat_penalty=self.repeat_penalty,", "repeat_penalty=1.0,", (T_SERVER_FIELDS,)),
+    Mutant("server: top_p dropped", "led_local/server.py", "**{p.name: getattr(self, p.field) for p in params.PARAMS}",
+           "**{p.name: (getattr(self, p.field) if p.name != 'top_p' else p.request_default) for p in params.PARAMS}",
+           (T_SERVER_FIELDS,)),
+    Mutant("server: top_k dropped", "led_local/server.py", "**{p.name: getattr(self, p.field) for p in params.PARAMS}",
+           "**{p.name: (getattr(self, p.field) if p.name != 'top_k' else p.request_default) for p in params.PARAMS}",
+           (T_SERVER_FIELDS,)),
+    Mutant("server: min_p dropped", "led_local/server.py", "**{p.name: getattr(self, p.field) for p in params.PARAMS}",
+           "**{p.name: (getattr(self, p.field) if p.name != 'min_p' else p.request_default) for p in params.PARAMS}",
+           (T_SERVER_FIELDS,)),
+    Mutant("server: repeat_penalty dropped", "led_local/server.py", "**{p.name: getattr(self, p.field) for p in params.PARAMS}",
+           "**{p.name: (getattr(self, p.field) if p.name != 'repeat_penalty' else p.request_default) for p in params.PARAMS}",
+           (T_SERVER_FIELDS,)),
     Mutant("server: dola_layers dropped", "led_local/server.py",
            'kwargs["dola_layers"] = self.dola_layers', 'kwargs["dola_layers"] = "high"', (T_SERVER_FIELDS,)),
     Mutant("server: every LED field but d dropped", "led_local/server.py",
@@ -289,7 +307,7 @@ MUTANTS = [
            "if isinstance(props, dict) and len(props) > MAX_PROPERTIES:", "if False:",
            (T_HOSTILE + "[json_object schema with 2,000 properties]",)),
     Mutant("bounds: LED's k not checked against the vocabulary", "led_local/sampling.py",
-           "        if self.k > llama.n_vocab():", "        if False:",
+           "        if self.k > engine.n_vocab():", "        if False:",
            (T_HOSTILE + "[led.k beyond the vocabulary]",)),
     Mutant("server: stop strings unbounded", "led_local/server.py",
            "        if len(stops) > limits.max_stops:", "        if False:",
@@ -337,7 +355,7 @@ MUTANTS = [
            "if self.max_sample_seconds is not None and spent > self.max_sample_seconds:", "if False:",
            ("tests/test_hostile.py::test_a_grammar_too_costly_per_token_ends_with_an_error_and_the_others_go_on",)),
     Mutant("serve: SIGTERM waits for the step in progress", "led_local/server.py",
-           "        s.llama.abort_decodes()  # a step's", "        pass  # a step's",
+           "        s.engine.abort_decodes()  # a step's", "        pass  # a step's",
            ("tests/test_hostile.py::test_sigterm_exits_within_5_seconds_and_ends_streams_with_an_error[mid-prompt]",)),
     Mutant("serve: SIGTERM does not end the requests in flight", "led_local/commands/serve.py",
            "            driver.end_all(", "            (lambda _: None)(",
@@ -405,7 +423,7 @@ MUTANTS = [
     Mutant("rpc: the command's --rpc not passed on", "led_local/commands/common.py",
            "dict(rpc_servers=rpc, n_gpu_layers", "dict(rpc_servers=None, n_gpu_layers",
            ("tests/test_rpc.py::test_the_command_puts_layers_on_rpc_servers",)),
-    Mutant("rpc: a lost server not reported", "led_local/llama.py", "                if lost:\n",
+    Mutant("rpc: a lost server not reported", "led_local/engine.py", "                if lost:\n",
            "                if False:\n",
            ("tests/test_rpc.py::test_a_server_that_dies_mid_generation_is_a_clear_error_and_the_process_goes_on",)),
     Mutant("rpc: the server's 503 for a lost RPC server", "led_local/server.py",
@@ -465,18 +483,27 @@ def make_copy(pkg: Path, root: Path, mutant: Mutant | None) -> Path:
         _plant(root / mutant.path, mutant)
         cc, cxx = os.environ.get("CC", "cc"), os.environ.get("CXX", "c++")
         includes = [f"-I{p}" for p in [csrc, *llama_headers()]]
+        sources = engine_sources()
         guard = root / "led_guard.o"  # the one C++ file of led_engine (csrc/led_guard.cpp)
         for cmd in ([cxx, "-std=c++17", "-O2", "-fPIC", "-c", "-Wall", "-Wextra", *includes,
                      str(csrc / "led_guard.cpp"), "-o", str(guard)],
                     [cc, "-std=c11", "-O2", "-fPIC", "-shared", "-Wall", "-Wextra",
                      "-Werror=implicit-function-declaration", *includes,
-                     *[str(csrc / f) for f in ("led_engine.c", "led_core.c", "led_sampler.c")], str(guard),
+                     *[str(root / f) for f in sources if f.endswith(".c")], str(guard),
                      f"-L{dest / 'lib'}", "-lllama", "-lggml", "-lm", "-lstdc++", "-Wl,-rpath,$ORIGIN",
                      "-o", str(dest / "lib" / "libled_engine.so")]):
             r = subprocess.run(cmd, capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"the C mutant does not compile:\n{r.stderr[-2000:]}")
     return root
+
+
+def engine_sources() -> list[str]:
+    """led_engine's sources as CMakeLists.txt lists them (csrc/...): one list for the build and for this."""
+    text = (REPO / "CMakeLists.txt").read_text()
+    start = text.index("add_library(led_engine SHARED")
+    body = text[start + len("add_library(led_engine SHARED"): text.index(")", start)]
+    return body.split()
 
 
 def _plant(path: Path, mutant: Mutant) -> None:

@@ -21,7 +21,8 @@ from mutants import REPO, llama_headers
 # what CDEF takes from <stdint.h> and friends; only parsed here, never compiled
 STUBS = ("typedef int int32_t; typedef int uint32_t; typedef int int64_t; typedef int uint64_t; "
          "typedef int uint8_t; typedef int size_t; typedef int bool;\n")
-HEADERS = ("stddef.h", "stdbool.h", "led_engine.h", "led_sampler.h", "led_core.h", "llama.h", "ggml-backend.h")
+HEADERS = ("stddef.h", "stdbool.h", "led_engine.h", "led_sampler.h", "dola_sampler.h", "chain_sampler.h", "led_core.h",
+           "llama.h", "ggml-backend.h")
 
 
 def _innermost(node: c_ast.Node) -> c_ast.TypeDecl:

@@ -155,10 +155,10 @@ def test_a_grammar_refusing_a_token_it_allowed_is_an_error_not_a_crash(smol):
     (dict(sampler="led", mirostat_mode=2), "cannot apply with sampler='led'"),
 ])
 def test_bad_sampling_options_fail_before_anything_runs(smol, kwargs, message):
-    decodes = smol._scheduler.decodes
+    decodes = smol.scheduler.decodes
     with pytest.raises(ValueError, match=message):
         smol.create_completion("Hello", max_tokens=2, **kwargs)
-    assert smol._scheduler.decodes == decodes
+    assert smol.scheduler.decodes == decodes
 
 
 def test_typical_and_mirostat_change_the_draw(smol):

@@ -103,7 +103,7 @@ def test_normed_last_block_reproduces_final_logits(models):
 
 
 def _latent_rows(llm: Llama, i: int, n: int) -> np.ndarray:
-    ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, i)
+    ptr = llm.engine.lib.llama_get_latent_logits_ith(llm.engine.ctx, i)
     assert ptr != ffi.NULL
     return np.frombuffer(ffi.buffer(ptr, 4 * n * llm.n_vocab()), np.float32).reshape(n, -1).copy()
 
@@ -115,27 +115,27 @@ def test_head_on_demand_equals_head_in_graph(models, norm):
         with _open(path, gpu=True) as llm:
             layers = llm.default_latent_layers(min(8, llm.n_layer()))
             in_graph = llm.latents(PROMPTS[0], layers=layers, norm=norm)
-            llm._set_latents(layers, False, norm)
+            llm.engine.set_latents(layers, False, norm)
             llm.reset()
             toks = in_graph.tokens
             rows_before = llm.latent_head_rows()
-            llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+            llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
             lazy = _latent_rows(llm, -1, len(layers))
             assert llm.latent_head_rows() == rows_before + 1  # one row's head ran, on demand
             assert _rel(lazy, in_graph.logits) < TOL, name
-            llm._set_latents((), False, False)
+            llm.engine.set_latents((), False, False)
 
 
 def _greedy(llm: Llama, prompt: str, n: int) -> tuple[list[int], list[np.ndarray]]:
     toks = llm.tokenize(prompt)
     llm.reset()
-    llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+    llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
     out, rows = [], []
     for step in range(n):
-        z = llm._logits(-1)
+        z = llm.engine.logits(-1)
         rows.append(z)
         out.append(int(np.argmax(z)))
-        llm._decode([(out[-1], len(toks) + step, 0, True)])
+        llm.engine.decode([(out[-1], len(toks) + step, 0, True)])
     return out, rows
 
 
@@ -169,21 +169,21 @@ def test_a_sequence_in_a_batch_equals_it_alone(models):
     for name, path in models.items():
         with _open(path, gpu=True) as llm:
             layers = llm.default_latent_layers(min(8, llm.n_layer()))
-            llm._set_latents(layers, True, False)
+            llm.engine.set_latents(layers, True, False)
             seqs = [llm.tokenize(p) for p in PROMPTS]
             alone = []
             for toks in seqs:
                 llm.reset()
-                llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
-                alone.append((llm._logits(-1), _latent_rows(llm, -1, len(layers))))
+                llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+                alone.append((llm.engine.logits(-1), _latent_rows(llm, -1, len(layers))))
             llm.reset()
             batch = [(t, i, s, i == len(toks) - 1) for s, toks in enumerate(seqs) for i, t in enumerate(toks)]
-            llm._decode(batch)
+            llm.engine.decode(batch)
             ends = [j for j, item in enumerate(batch) if item[3]]
             for (z, lat), j in zip(alone, ends):
-                assert _rel(llm._logits(j), z) < TOL, name
+                assert _rel(llm.engine.logits(j), z) < TOL, name
                 assert _rel(_latent_rows(llm, j, len(layers)), lat) < TOL, name
-            llm._set_latents((), False, False)
+            llm.engine.set_latents((), False, False)
 
 
 def test_led_explores_on_the_device(models):

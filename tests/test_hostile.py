@@ -303,7 +303,7 @@ def smol_llama(smollm2_path):
 def test_generated_grammars_are_refused_or_parsed_never_a_crash(smol_llama, text):
     from led_local.sampling import Constraints
     try:
-        Constraints(grammar=text).check(smol_llama)  # llama.cpp's parser and its grammar's first stacks
+        Constraints(grammar=text).check(smol_llama.engine)  # llama.cpp's parser and its grammar's first stacks
     except ValueError:
         pass
 
@@ -330,6 +330,6 @@ def test_generated_schemas_are_refused_or_converted_never_a_crash(smol_llama, sc
     from led_local import LlamaGrammar
     from led_local.sampling import Constraints
     try:
-        Constraints(grammar=LlamaGrammar.from_json_schema(schema)).check(smol_llama)
+        Constraints(grammar=LlamaGrammar.from_json_schema(schema)).check(smol_llama.engine)
     except ValueError:
         pass

@@ -70,7 +70,7 @@ def test_final_norm_read_off_the_graph_stops_at_the_last_block_state(tiny_path):
     with Llama(tiny_path, n_threads=1) as llm:
         n, d = llm.n_layer(), llm.n_embd()
         direction = np.random.default_rng(0).normal(0, 0.5, size=(n - 1) * d).astype(np.float32)  # blocks 1..n-1
-        assert llm._lib.llama_set_adapter_cvec(llm._ctx, ffi.from_buffer("float[]", direction), direction.size,
+        assert llm.engine.lib.llama_set_adapter_cvec(llm.engine.ctx, ffi.from_buffer("float[]", direction), direction.size,
                                                d, 1, n - 1) == 0
         r = llm.latents(PROMPT, layers=[n - 1], norm=True)
     with Llama(tiny_path, n_threads=1) as plain:
@@ -146,19 +146,19 @@ def test_rows_of_parallel_sequences_are_their_own(tiny_path):
     prompts = ["the cat", "a dog ran far away", "on the mat"]
     with Llama(tiny_path, n_threads=1, n_seq_max=4) as llm:
         alone = [llm.latents(p, layers=[2, 0]) for p in prompts]
-        llm._set_latents([2, 0], True, False)
+        llm.engine.set_latents([2, 0], True, False)
         llm.reset()
         entries = []
         for seq, p in enumerate(prompts):
             toks = llm.tokenize(p)
             entries += [(t, i, seq, i == len(toks) - 1) for i, t in enumerate(toks)]
-        rows = llm._decode(entries)
+        rows = llm.engine.decode(entries)
         from led_local._native import ffi
         for seq, row in enumerate(rows):
-            ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, row)
+            ptr = llm.engine.lib.llama_get_latent_logits_ith(llm.engine.ctx, row)
             got = np.frombuffer(ffi.buffer(ptr, 4 * 2 * llm.n_vocab()), np.float32).reshape(2, -1)
             np.testing.assert_allclose(got, alone[seq].logits, rtol=1e-4, atol=1e-4)
-        llm._set_latents((), False, False)
+        llm.engine.set_latents((), False, False)
 
 
 def test_readout_off_hands_out_nothing(tiny_path):
@@ -167,9 +167,9 @@ def test_readout_off_hands_out_nothing(tiny_path):
         llm.latents("the cat")  # on, then off again
         toks = llm.tokenize("the cat")
         llm.reset()
-        llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
-        assert llm._lib.llama_n_latents(llm._ctx) == 0
-        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) == ffi.NULL
+        llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+        assert llm.engine.lib.llama_n_latents(llm.engine.ctx) == 0
+        assert llm.engine.lib.llama_get_latent_states_ith(llm.engine.ctx, -1) == ffi.NULL
 
 
 def test_set_latents_between_a_decode_and_a_getter_leaves_no_stale_rows(tiny_path):
@@ -179,22 +179,22 @@ def test_set_latents_between_a_decode_and_a_getter_leaves_no_stale_rows(tiny_pat
     with Llama(tiny_path, n_threads=1) as llm:
         toks = llm.tokenize("the cat")
         llm.reset()
-        llm._set_latents([1, 2], with_logits=False, norm=False)
-        llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
-        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) != ffi.NULL
-        llm._set_latents([0, 1, 2], with_logits=False, norm=False)
-        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) == ffi.NULL
-        assert llm._lib.llama_get_latent_logits_ith(llm._ctx, -1) == ffi.NULL
-        llm._decode([(llm.token_eos(), len(toks), 0, True)])
-        assert llm._lib.llama_get_latent_states_ith(llm._ctx, -1) != ffi.NULL  # the next decode's rows
+        llm.engine.set_latents([1, 2], with_logits=False, norm=False)
+        llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+        assert llm.engine.lib.llama_get_latent_states_ith(llm.engine.ctx, -1) != ffi.NULL
+        llm.engine.set_latents([0, 1, 2], with_logits=False, norm=False)
+        assert llm.engine.lib.llama_get_latent_states_ith(llm.engine.ctx, -1) == ffi.NULL
+        assert llm.engine.lib.llama_get_latent_logits_ith(llm.engine.ctx, -1) == ffi.NULL
+        llm.engine.decode([(llm.token_eos(), len(toks), 0, True)])
+        assert llm.engine.lib.llama_get_latent_states_ith(llm.engine.ctx, -1) != ffi.NULL  # the next decode's rows
 
 
 def test_latents_leave_final_logits_unchanged(tiny_path):
     with Llama(tiny_path, n_threads=1) as llm:
         toks = llm.tokenize(PROMPT)
         llm.reset()
-        llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
-        plain = llm._logits(-1)
+        llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+        plain = llm.engine.logits(-1)
         r = llm.latents(toks)
     np.testing.assert_array_equal(plain, r.final_logits)
 
@@ -219,15 +219,15 @@ def test_head_on_demand_equals_head_in_graph(tiny_paths, smollm2_path, norm):
         with Llama(path, n_threads=1, n_seq_max=2) as llm:
             layers = llm.default_latent_layers(min(8, llm.n_layer()))
             in_graph = llm.latents(PROMPT, layers=layers, norm=norm)
-            llm._set_latents(layers, False, norm)
+            llm.engine.set_latents(layers, False, norm)
             llm.reset()
             toks = in_graph.tokens
-            llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
-            ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, -1)
+            llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+            ptr = llm.engine.lib.llama_get_latent_logits_ith(llm.engine.ctx, -1)
             assert ptr != ffi.NULL
             lazy = np.frombuffer(ffi.buffer(ptr, 4 * len(layers) * llm.n_vocab()), np.float32).reshape(len(layers), -1)
             np.testing.assert_allclose(lazy, in_graph.logits, rtol=1e-5, atol=1e-5 * np.abs(in_graph.logits).max())
-            llm._set_latents((), False, False)
+            llm.engine.set_latents((), False, False)
 
 
 def test_latent_rows_are_bounded_by_n_seq_max(tiny_path):
@@ -238,18 +238,18 @@ def test_latent_rows_are_bounded_by_n_seq_max(tiny_path):
     with Llama(tiny_path, n_threads=1, n_seq_max=2) as llm:
         toks = llm.tokenize(PROMPT)
         ref = [llm.latents(toks[: n], layers=[2, 0]) for n in (len(toks) - 1, len(toks))]
-        llm._set_latents([2, 0], True, False)
+        llm.engine.set_latents([2, 0], True, False)
         try:
             llm.reset()
             with pytest.raises(ValueError, match="at most n_seq_max=2 outputs"):
-                llm._decode([(t, i, 0, i >= len(toks) - 3) for i, t in enumerate(toks)])  # 3 outputs
+                llm.engine.decode([(t, i, 0, i >= len(toks) - 3) for i, t in enumerate(toks)])  # 3 outputs
             llm.reset()
-            rows = llm._decode([(t, i, 0, i >= len(toks) - 2) for i, t in enumerate(toks)])  # 2 outputs
+            rows = llm.engine.decode([(t, i, 0, i >= len(toks) - 2) for i, t in enumerate(toks)])  # 2 outputs
             assert len(rows) == 2
             for row, want in zip(rows, ref):
-                ptr = llm._lib.llama_get_latent_logits_ith(llm._ctx, row)
+                ptr = llm.engine.lib.llama_get_latent_logits_ith(llm.engine.ctx, row)
                 assert ptr != ffi.NULL
                 got = np.frombuffer(ffi.buffer(ptr, 4 * 2 * llm.n_vocab()), np.float32).reshape(2, -1)
                 np.testing.assert_allclose(got, want.logits, rtol=1e-4, atol=1e-4)
         finally:
-            llm._set_latents((), False, False)
+            llm.engine.set_latents((), False, False)

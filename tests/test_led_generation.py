@@ -141,17 +141,17 @@ def test_think_only_stops_exploring_after_end_of_thinking(think_model):
     assert llm.token_text(end_think) == "</think>"
     spec = LEDSampling(temperature=1.0, config=LEDConfig(d=4, k=8, exploit=False, think_only=True))
     tokens = llm.tokenize(PROMPT)
-    llm._set_latents(*spec.graph_needs(llm))
-    with NativeSamplers(llm, spec, [5]) as samplers:
+    llm.engine.set_latents(*spec.graph_needs(llm.engine))
+    with NativeSamplers(llm.engine, spec, [5]) as samplers:
         def one_step() -> dict:
             llm.reset()
-            (row,) = llm._decode([(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
+            (row,) = llm.engine.decode([(t, i, 0, i == len(tokens) - 1) for i, t in enumerate(tokens)])
             samplers.sample(0, row)
             return samplers.trace(0)
         before = [one_step() for _ in range(20)]
-        llm._lib.llama_sampler_accept(samplers.handles[0], end_think)
+        llm.engine.lib.llama_sampler_accept(samplers.handles[0], end_think)
         after = [one_step() for _ in range(20)]
-    llm._set_latents((), False, False)
+    llm.engine.set_latents((), False, False)
     assert all(t["explored"] for t in before)  # exploit off: always explore while thinking
     assert not any(t["explored"] for t in after)
 
@@ -231,6 +231,7 @@ def test_streaming_trace(tiny_paths):
     (dict(d=3, layers=[1]), "d-1"),
     (dict(d=2, layers=[7]), "beyond"),
     (dict(exploit="yes"), "True or False"),
+    (dict(k=2.5), "LEDConfig.k must be an integer"),
     (dict(depth=3), "unknown LED settings"),
 ])
 def test_invalid_led_settings(tiny_paths, led, match):

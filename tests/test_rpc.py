@@ -50,15 +50,15 @@ LAYERS = [10, 20, 28]
 def rows(llm):
     toks = llm.tokenize("The capital of France is")
     llm.reset()
-    llm._set_latents(LAYERS, with_logits=False, norm=False)
+    llm.engine.set_latents(LAYERS, with_logits=False, norm=False)
     # decode 1 reads out one row; decode 2 three, more than the latent buffer has room for, issued while
     # decode 1's copies may still be arriving (no getter in between waits for them)
-    llm._decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
-    llm._decode([(toks[-1], len(toks), s, True) for s in range(3)])
+    llm.engine.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
+    llm.engine.decode([(toks[-1], len(toks), s, True) for s in range(3)])
     n, d = len(LAYERS), llm.n_embd()
     out = []
     for i in range(3):
-        p = llm._lib.llama_get_latent_states_ith(llm._ctx, i)
+        p = llm.engine.lib.llama_get_latent_states_ith(llm.engine.ctx, i)
         assert p != ffi.NULL
         out.append(np.frombuffer(ffi.buffer(p, n * d * 4), dtype=np.float32).copy())
     return np.stack(out)

@@ -75,7 +75,7 @@ def test_concurrent_requests_with_different_samplers_equal_their_solo_runs(smol,
     alone = {k: fresh.create_completion(**c)["choices"][0]["text"] for k, c in calls.items()}
     got, errors = {}, []
     start = threading.Barrier(len(calls))
-    decodes = smol._scheduler.decodes
+    decodes = smol.scheduler.decodes
 
     def run(name: str) -> None:
         try:
@@ -90,12 +90,12 @@ def test_concurrent_requests_with_different_samplers_equal_their_solo_runs(smol,
     for t in threads:
         t.join()
     assert not errors and got == alone
-    assert smol._scheduler.decodes - decodes < 3 * 24  # they shared decodes
+    assert smol.scheduler.decodes - decodes < 3 * 24  # they shared decodes
 
 
 def test_a_long_prompt_is_chunked_between_the_others_steps(smollm2_path):
     with Llama(smollm2_path, n_threads=1, n_seq_max=2, n_ctx=4096, n_batch=32) as llm:
-        s = llm._scheduler
+        s = llm.scheduler
         streaming = s.submit(Job(prompt=llm.tokenize("Count from one:"), max_tokens=200, spec=StandardSampling(0.0)))
         while streaming.prefilling:
             s.step()
@@ -119,7 +119,7 @@ def test_mixed_latent_readouts_in_one_batch(tiny_paths):
         dola = dict(max_tokens=16, temperature=0.0, sampler="dola", dola_layers="low")
         alone = [llm.create_completion("the cat", **led)["choices"][0]["text"],
                  llm.create_completion("a dog", **dola)["choices"][0]["text"]]
-        s = llm._scheduler
+        s = llm.scheduler
         streams = [llm.create_completion("the cat", stream=True, **led),
                    llm.create_completion("a dog", stream=True, **dola)]
         texts, live, widest = ["", ""], [0, 1], 0
@@ -155,9 +155,9 @@ def logits_batched_as(llm, tokens, chunks):
     llm.reset()
     pos = 0
     for c in chunks:
-        llm._decode([(tokens[pos + i], pos + i, 0, pos + i == len(tokens) - 1) for i in range(c)])
+        llm.engine.decode([(tokens[pos + i], pos + i, 0, pos + i == len(tokens) - 1) for i in range(c)])
         pos += c
-    return llm._logits(-1)
+    return llm.engine.logits(-1)
 
 
 def test_batch_invariant_logits_do_not_depend_on_how_a_prompt_is_batched(gemma3_path):
@@ -286,7 +286,7 @@ def test_requests_that_do_not_fit_together_wait_and_then_run_as_alone(tiny_paths
     spec = StandardSampling(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     with Llama(tiny_paths["qwen2-no-eos"], n_threads=1, n_ctx=512, n_seq_max=4, prefix_cache=False) as llm:
         solo = [_steps(llm.create_completion(p, **kw))[0] for p in (a, b)]
-        sched = llm._scheduler
+        sched = llm.scheduler
         jobs = [sched.submit(Job(prompt=p, max_tokens=250, spec=spec, seed=9)) for p in (a, b)]
         sched.step()
         assert sched.running == [jobs[0]] and sched.queued == 1  # 150 + 249 cells each: not both in 512

@@ -481,7 +481,7 @@ def test_rendering_and_parsing_chats_never_wait_for_the_steps(tiny_paths):
         held, release, done = threading.Event(), threading.Event(), []
 
         def hold() -> None:
-            with llm._lock:  # as Scheduler.step does
+            with llm.engine.lock:  # as Scheduler.step does
                 held.set()
                 release.wait(30)
 

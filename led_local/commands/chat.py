@@ -21,7 +21,8 @@ import click
 from .. import diagnostics, models
 from ..generate import chat_prompt_tokens
 from ..sampling import LEDConfig
-from .common import USER_ERRORS, model_options, one_line_errors, open_model, sampler_options, sampling_kwargs
+from .common import (CLI, USER_ERRORS, model_options, one_line_errors, open_model, sampler_options,
+                     sampling_kwargs)
 
 HELP = """commands:
   /help                 this list
@@ -333,7 +334,8 @@ def chat(model, threads, placement, sampling, max_tokens, n_ctx, system, seed, h
             raise ValueError(f"{Path(llm.model_path).name} has no chat template; use `led-local generate --no-chat`")
         led = sampling.get("led") or LEDConfig()
         settings = {"temperature": sampling["temperature"], "max_tokens": max_tokens, "seed": seed,
-                    "top_k": sampling.get("top_k", 20), "top_p": sampling.get("top_p", 0.95), "d": led.d, "k": led.k,
+                    "top_k": sampling.get("top_k", CLI["top_k"]), "top_p": sampling.get("top_p", CLI["top_p"]),
+                    "d": led.d, "k": led.k,
                     "latent_norm": led.latent_norm, "exploit": led.exploit, "think_only": led.think_only,
                     "dola_layers": sampling.get("dola_layers", "high")}
         session = Session(llm=llm, sampler=sampling["sampler"], settings=settings, system=system,

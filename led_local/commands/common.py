@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .. import models
+from .. import models, params
 from ..chat import ChatTemplateError
 from ..llama import Llama
 from ..models import ModelFetchError, UnknownModelError
@@ -53,23 +53,32 @@ def open_model(model: str, threads: int | None, placement: dict, n_seq_max: int 
     return Llama(models.path(model), n_threads=threads, n_seq_max=n_seq_max, n_ctx=n_ctx, **placement, **kwargs)
 
 
+def cli_option(p: params.Param, dest: str | None = None):
+    """The command's option for a sampling parameter of the table (params.py): its flags, type, bounds,
+    default (the paper's setting) and help."""
+    if p.kind is bool:
+        flag = p.name.replace("_", "-")
+        return click.option(f"--{flag}/--no-{flag}", dest or p.name, default=p.cli, show_default=True, help=p.help)
+    flags = (p.cli_flag or "--" + p.name.replace("_", "-")).split("/")
+    lo, hi = (p.lo if p.api_lo is params.SAME else p.api_lo), p.hi  # (no negative top-k on the command line)
+    kind = click.IntRange(lo, hi) if p.kind is int else click.FloatRange(lo, hi, min_open=p.lo_exclusive)
+    return click.option(*flags, dest or p.name, type=kind, default=p.cli, show_default=True, help=p.help)
+
+
+def led_options(fn):
+    """LED's settings as options (--d, --led-k, --latent-norm, --exploit, --think-only), as led_NAME or NAME."""
+    for p in reversed(params.LED_PARAMS):
+        fn = cli_option(p, f"led_{p.name}" if p.name in ("d", "k") else None)(fn)
+    return fn
+
+
 def sampler_options(fn):
     """--sampler and its settings; the command receives them as `sampling` (a dict for create_*)."""
-    options = [
-        click.option("--sampler", type=click.Choice(["led", "standard", "dola"]), default="led", show_default=True),
-        click.option("--temperature", "-t", type=click.FloatRange(0.0), default=0.6, show_default=True),
-        click.option("--top-k", type=click.IntRange(0), default=20, show_default=True, help="standard/dola"),
-        click.option("--top-p", type=click.FloatRange(0.0, 1.0), default=0.95, show_default=True, help="standard/dola"),
-        click.option("--d", "led_d", type=click.IntRange(1), default=8, show_default=True, help="LED depths"),
-        click.option("--led-k", "--k", "led_k", type=click.IntRange(1), default=8, show_default=True,
-                     help="LED candidates (--k: the old spelling)"),
-        click.option("--latent-norm/--no-latent-norm", default=False, show_default=True),
-        click.option("--exploit/--no-exploit", default=True, show_default=True),
-        click.option("--think-only/--no-think-only", default=True, show_default=True),
-        click.option("--dola-layers", default="high", show_default=True, help="low, high, or comma-separated layers"),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
+    fn = click.option("--dola-layers", default="high", show_default=True, help="low, high, or comma-separated layers")(fn)
+    fn = led_options(fn)
+    for name in ("top_p", "top_k", "temperature"):
+        fn = cli_option(params.BY_NAME[name])(fn)
+    fn = click.option("--sampler", type=click.Choice(params.SAMPLERS), default=params.LED, show_default=True)(fn)
 
     @functools.wraps(fn)
     def wrapper(*args, sampler, temperature, top_k, top_p, led_d, led_k, latent_norm, exploit, think_only,
@@ -84,6 +93,9 @@ def sampler_options(fn):
     return wrapper
 
 
+CLI = {p.name: p.cli for p in (*params.PARAMS, *params.LED_PARAMS) if p.cli is not None}  # the paper's setting
+
+
 def parse_dola_layers(value: str | list) -> str | list[int]:
     if isinstance(value, list) or value in ("low", "high"):
         return value
@@ -93,15 +105,16 @@ def parse_dola_layers(value: str | list) -> str | list[int]:
         raise ValueError(f"--dola-layers must be low, high or comma-separated integers, got {value!r}") from None
 
 
-def sampling_kwargs(sampler: str, *, temperature: float, top_k: int = 20, top_p: float = 0.95, d: int = 8,
-                    k: int = 8, latent_norm: bool = False, exploit: bool = True, think_only: bool = True,
+def sampling_kwargs(sampler: str, *, temperature: float, top_k: int = CLI["top_k"], top_p: float = CLI["top_p"],
+                    d: int = CLI["d"], k: int = CLI["k"], latent_norm: bool = CLI["latent_norm"],
+                    exploit: bool = CLI["exploit"], think_only: bool = CLI["think_only"],
                     dola_layers: str | list = "high") -> dict:
     """Keyword arguments of create_completion / create_chat_completion for one sampler setting."""
     out: dict = {"sampler": sampler, "temperature": temperature}
     if sampler == "led":
         out["led"] = LEDConfig(d=d, k=k, latent_norm=latent_norm, exploit=exploit, think_only=think_only)
     else:
-        out.update(top_k=top_k, top_p=top_p, min_p=0.0)
+        out.update(top_k=top_k, top_p=top_p, min_p=0.0)  # (the paper's baseline has no min-p)
         if sampler == "dola":
             out["dola_layers"] = parse_dola_layers(dola_layers)
     return out

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
+from .. import params
 from ..eval import data, report, runner
-from .common import model_options, one_line_errors, open_model, sampling_kwargs
+from .common import cli_option, model_options, one_line_errors, open_model, sampling_kwargs
 
 
 def _interrupt(signum, frame) -> None:
@@ -41,11 +42,12 @@ def _int_list(value: str, name: str) -> list[int]:
 @click.option("--k", "ks", default=None, help="pass@k values to report [default: 1,4,16; with --report: the run's]")
 @click.option("--limit", type=click.IntRange(1), default=None, help="first N problems only")
 @click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True)
-@click.option("--temperature", "-t", type=click.FloatRange(0.0), default=0.6, show_default=True)
-@click.option("--d", "led_d", type=click.IntRange(1), default=8, show_default=True, help="LED depths")
-@click.option("--led-k", "--k-led", "led_k", type=click.IntRange(1), default=8, show_default=True,
-              help="LED candidates (--k-led: the old spelling)")
-@click.option("--latent-norm/--no-latent-norm", default=False, show_default=True)
+@cli_option(params.BY_NAME["temperature"])
+@cli_option(params.LED_BY_NAME["d"], "led_d")
+@click.option("--led-k", "--k-led", "led_k", type=click.IntRange(1, params.MAX_LED_K),
+              default=params.LED_BY_NAME["k"].cli, show_default=True,
+              help=params.LED_BY_NAME["k"].help + " (--k-led: the old spelling; --k is pass@k's here)")
+@cli_option(params.LED_BY_NAME["latent_norm"])
 @click.option("--dola-layers", default="high", show_default=True, help="low, high, or comma-separated layers")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option("--out", "out_dir", default=None, help="output folder (default: eval-<dataset>-<model>)")
