@@ -208,8 +208,9 @@ MUTANTS = [
     Mutant("standard: the chain draws from the unconstrained logits", "csrc/chain_sampler.c",
            "    z0 = led_constrained_apply(", "    (void) led_constrained_apply(",
            ("tests/test_constraints.py::test_grammar_output_matches_the_grammar[standard]",)),
-    Mutant("constraints: a token they drop stays allowed (one helper for LED, DoLa and standard)",
-           "csrc/led_constrained.c", "        c->z[v] = -INFINITY;", "        c->z[v] = z0[v];",
+    Mutant("constraints: their changes to the logits ignored (one helper for LED, DoLa and standard)",
+           "csrc/led_constrained.c", "        c->z[cur.data[i].id] = cur.data[i].logit;",
+           "        c->z[cur.data[i].id] = z0[cur.data[i].id];",
            ("tests/test_constraints.py::test_grammar_output_matches_the_grammar",)),
     Mutant("constraints: presence penalty passed as the frequency penalty", "led_local/sampling.py",
            "p.repeat_penalty, p.frequency_penalty, p.presence_penalty = (self.repeat_penalty, self.frequency_penalty,\n"
